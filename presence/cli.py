@@ -1,0 +1,305 @@
+"""Command line: `presence monitor | status | ping`.
+
+This is the edge: it reads the config file and the environment once, sets up logging and hands
+typed settings down. Exit codes: 0 fine, 1 the thing asked about is down, 2 bad usage or
+configuration, 3 broker unreachable or refused, 4 duplicate (name or monitor already running).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TypeVar
+
+import click
+from loguru import logger
+from rich.console import Console
+from rich.table import Table
+
+from presence.errors import BrokerError, ConfigError, PayloadError, PresenceError
+from presence.logs import setup_logging
+from presence.monitor import Monitor, MonitorExit
+from presence.mqtt import Connection, Inbox, Message, cli_client_id, fetch_retained
+from presence.protocol import (
+    Ping,
+    Status,
+    Topics,
+    Verdict,
+    encode,
+    parse_pong,
+    parse_status,
+    parse_verdict,
+    validate_name,
+)
+from presence.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+EXIT_DOWN: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_BROKER: Final = 3
+EXIT_DUPLICATE: Final = 4
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _Fail(message: str, code: int) -> click.ClickException:  # noqa: N802 (reads like a class)
+    """A ClickException (message, no traceback) that exits with `code`."""
+    error = click.ClickException(message)
+    error.exit_code = code  # type: ignore[misc]  # click reads it per instance
+    return error
+
+
+def _common(func: _F) -> _F:
+    func = click.option(
+        "-c",
+        "--config",
+        "config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="PRESENCE_CONFIG",
+        help="TOML config file (default: $PRESENCE_CONFIG; PRESENCE_<SECTION>__<KEY> overrides).",
+    )(func)
+    func = click.option("--log-json", is_flag=True, help="Log one JSON object per line.")(func)
+    return click.option(
+        "--log-level",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        help="Log level (default from config, INFO).",
+    )(func)
+
+
+def _load(config: Path | None, log_json: bool, log_level: str | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    log = settings.log
+    updates: dict[str, Any] = {}
+    if log_json:
+        updates["json_lines"] = True
+    if log_level:
+        updates["level"] = log_level.upper()
+    setup_logging(log.model_copy(update=updates) if updates else log)
+    return settings
+
+
+def _connect(settings: Settings, role: str, inbox: Inbox) -> Connection:
+    conn = Connection(settings.broker, client_id=cli_client_id(role), handler=inbox, label=role)
+    try:
+        conn.connect()
+    except BrokerError as exc:
+        raise _Fail(str(exc), EXIT_BROKER) from exc
+    return conn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="presence")
+def cli() -> None:
+    """presence: know which services are alive, crashed (Last Will) or hung (no pong)."""
+
+
+@cli.command()
+@_common
+def monitor(config: Path | None, log_json: bool, log_level: str | None) -> None:
+    """Run the monitor until SIGINT/SIGTERM."""
+    settings = _load(config, log_json, log_level)
+    mon = Monitor(settings)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal {} received; stopping", signal.Signals(signum).name)
+        mon.stop(timeout=0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        mon.run()
+    except MonitorExit as exc:
+        code = EXIT_DUPLICATE if "another monitor" in str(exc) else EXIT_BROKER
+        raise _Fail(str(exc), code) from exc
+
+
+def _since(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    ago = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if ago >= size:
+            return f"{ago / size:.0f}{unit} ago"
+    return f"{ago:.0f}s ago"
+
+
+_STYLE: Final = {
+    "online": "green",
+    "suspect": "yellow",
+    "hung": "bold red",
+    "unhealthy": "red",
+    "offline": "bold red",
+    "stopped": "dim",
+    "unknown": "dim",
+    "restarting": "cyan",
+    "backoff": "magenta",
+    "failed": "bold white on red",
+}
+
+
+def _read_status(settings: Settings) -> tuple[Status | None, list[Verdict]]:
+    topics = Topics(settings.topic_prefix)
+    try:
+        retained = fetch_retained(
+            settings.broker,
+            [topics.monitor_status, topics.verdicts],
+            client_id=cli_client_id("status"),
+        )
+    except BrokerError as exc:
+        raise _Fail(str(exc), EXIT_BROKER) from exc
+    monitor_status: Status | None = None
+    verdicts: dict[str, Verdict] = {}
+    for message in retained:
+        if not message.payload:
+            continue
+        try:
+            if message.topic == topics.monitor_status:
+                monitor_status = parse_status(message.payload)
+            else:
+                verdict = parse_verdict(message.payload)
+                verdicts[verdict.service] = verdict
+        except PayloadError as exc:
+            logger.warning("ignoring malformed payload on {}: {}", message.topic, exc)
+    return monitor_status, sorted(verdicts.values(), key=lambda v: v.service)
+
+
+@cli.command()
+@_common
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(config: Path | None, log_json: bool, log_level: str | None, as_json: bool) -> None:
+    """Print every service's verdict; exit 1 when the monitor is not online."""
+    settings = _load(config, log_json, log_level)
+    monitor_status, verdicts = _read_status(settings)
+    monitor_online = monitor_status is not None and monitor_status.state == "online"
+    if as_json:
+        doc = {
+            "monitor": monitor_status.to_json() if monitor_status else None,
+            "services": [v.to_json() for v in verdicts],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        console = Console()
+        if monitor_status is None:
+            console.print("[bold red]monitor: never seen[/] (no retained monitor status)")
+        else:
+            style = "green" if monitor_online else "bold red"
+            where = f" on {monitor_status.host} pid {monitor_status.pid}" if monitor_online else ""
+            reason = f" ({monitor_status.reason})" if monitor_status.reason else ""
+            console.print(
+                f"monitor: [{style}]{monitor_status.state}[/]{reason}{where}, "
+                f"since {_since(monitor_status.since)}"
+            )
+        table = Table(box=None, header_style="bold")
+        for column in ("SERVICE", "STATE", "SINCE", "REASON", "MISSED", "RTT", "RESTARTS"):
+            table.add_column(column)
+        for v in verdicts:
+            rtt = f"{v.rtt_ms:.1f} ms" if v.rtt_ms is not None else "-"
+            style = _STYLE.get(v.state, "")
+            table.add_row(
+                v.service,
+                f"[{style}]{v.state}[/]" if style else v.state,
+                _since(v.since),
+                v.reason or "-",
+                str(v.missed),
+                rtt,
+                str(v.restarts),
+            )
+        if verdicts:
+            console.print(table)
+        else:
+            console.print("no verdicts published yet")
+    if not monitor_online:
+        sys.exit(EXIT_DOWN)
+
+
+@cli.command()
+@_common
+@click.argument("name")
+@click.option("--count", "-n", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--timeout", "-W", default=2.0, show_default=True, type=click.FloatRange(0.01))
+@click.option("--interval", "-i", default=1.0, show_default=True, type=click.FloatRange(0))
+def ping(  # noqa: PLR0917 (click passes every option positionally)
+    config: Path | None,
+    log_json: bool,
+    log_level: str | None,
+    name: str,
+    count: int,
+    timeout: float,
+    interval: float,
+) -> None:
+    """Send targeted pings to NAME and print round-trip times; exit 1 if none came back."""
+    try:
+        validate_name(name)
+    except PresenceError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    settings = _load(config, log_json, log_level)
+    topics = Topics(settings.topic_prefix)
+    inbox = Inbox()
+    conn = _connect(settings, "ping", inbox)
+    received = 0
+    # Far below the monitor's clock-based sequence numbers: our pings never count as its rounds.
+    base = secrets.randbelow(2**31) + 1
+    try:
+        if not conn.subscribe(topics.pong(name), 0):
+            raise _Fail("the broker did not answer the subscription in time", EXIT_BROKER)
+        for i in range(count):
+            seq = base + i
+            start = time.monotonic()
+            mark = len(inbox.snapshot())
+            conn.publish(topics.ping(name), encode(Ping(seq, round(time.time(), 3))))
+            reply = inbox.wait_for(functools.partial(_is_pong, seq=seq), timeout, start=mark)
+            if reply is None:
+                click.echo(f"no pong from {name}: seq={seq} (timeout {timeout} s)")
+            else:
+                received += 1
+                pong = parse_pong(reply.payload)
+                rtt = (reply.received - start) * 1000
+                detail = f" detail={json.dumps(pong.detail)}" if pong.detail else ""
+                click.echo(
+                    f"pong from {name}: seq={seq} ok={str(pong.ok).lower()} "
+                    f"time={rtt:.2f} ms session={pong.session}{detail}"
+                )
+            if i + 1 < count:
+                time.sleep(max(0.0, interval - (time.monotonic() - start)))
+    finally:
+        conn.close()
+    click.echo(f"--- {name}: {count} pings, {received} pongs")
+    if received == 0:
+        sys.exit(EXIT_DOWN)
+
+
+@cli.command()
+@click.option(
+    "--duration", type=click.FloatRange(1), help="Stop after this many seconds (default: Ctrl-C)."
+)
+def demo(duration: float | None) -> None:
+    """Private broker + monitor + three misbehaving services, live; Ctrl-C cleans up."""
+    from presence.broker import MosquittoMissing  # noqa: PLC0415 (only the demo needs it)
+    from presence.demo import run_demo  # noqa: PLC0415 (keeps other commands' start-up lean)
+
+    try:
+        sys.exit(run_demo(duration))
+    except MosquittoMissing as exc:
+        raise _Fail(str(exc), EXIT_BROKER) from exc
+
+
+def _is_pong(message: Message, seq: int) -> bool:
+    try:
+        return parse_pong(message.payload).seq == seq
+    except PayloadError:
+        return False
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="presence")

@@ -1,0 +1,240 @@
+"""Configuration: a TOML file overridden by `PRESENCE_<SECTION>__<KEY>` environment variables.
+
+Read once, at the edge (the CLI), and passed down as typed, frozen objects; nothing below the
+CLI reads the environment. Invalid configuration fails at start-up with the field and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from presence.errors import ConfigError
+from presence.protocol import validate_name, validate_prefix
+
+__all__ = [
+    "BrokerSettings",
+    "LogSettings",
+    "MonitorSettings",
+    "ServiceSettings",
+    "Settings",
+    "TLSSettings",
+    "load_settings",
+]
+
+
+class _Section(BaseModel):
+    # Typos in a config file are bugs, not forward compatibility: name them at start-up.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Section):
+    """TLS to the broker; hostname checking stays on unless `insecure` is set."""
+
+    ca: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
+    key: Path | None = Field(None, description="client private key (PEM)")
+    insecure: bool = Field(False, description="skip the hostname check (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        for label, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{label} file {str(path)!r} does not exist")
+        return self
+
+
+class BrokerSettings(_Section):
+    """How to reach the MQTT broker."""
+
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port")
+    username: str | None = Field(None, description="MQTT user name")
+    password: SecretStr | None = Field(None, description="MQTT password (never logged)")
+    password_file: Path | None = Field(
+        None, description="file holding the password (read once at start-up)"
+    )
+    client_id: str | None = Field(
+        None,
+        description="the monitor's fixed client id (default: '<prefix>-monitor'); "
+        "agents and CLI commands always use their own",
+    )
+    keepalive: int = Field(10, ge=2, le=3600, description="MQTT keepalive, seconds")
+    tls: TLSSettings | None = Field(None, description="TLS settings; absent means plain TCP")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
+    connect_timeout: float = Field(
+        5.0, gt=0, description="how long a CLI command waits for the broker"
+    )
+    reconnect_max: int = Field(
+        5, ge=1, le=300, description="longest wait between reconnect attempts, seconds"
+    )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_str(cls, value: Any) -> Any:
+        # `protocol = 5` in TOML is an integer; accept it rather than confuse the user.
+        return str(value) if isinstance(value, int | float) else value
+
+    @model_validator(mode="after")
+    def _read_password_file(self) -> BrokerSettings:
+        if self.password_file is None:
+            return self
+        if self.password is not None:
+            raise ValueError("give password or password_file, not both")
+        try:
+            secret = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read password_file {str(self.password_file)!r}: {exc.strerror}"
+            ) from exc
+        object.__setattr__(self, "password", SecretStr(secret))
+        return self
+
+
+class MonitorSettings(_Section):
+    """Ping rounds and the thresholds of the verdict state machine."""
+
+    ping_interval: float = Field(1.0, gt=0, le=3600, description="seconds between ping rounds")
+    pong_timeout: float = Field(
+        1.0, gt=0, le=3600, description="a pong later than this after its ping does not count"
+    )
+    missed_pongs: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="rounds without a pong (or with ok:false) before hung/unhealthy",
+    )
+    startup_grace: float = Field(
+        10.0, ge=0, description="a declared service not seen this long after start is 'missing'"
+    )
+    session_expiry: int = Field(
+        3600,
+        ge=0,
+        description="seconds the broker keeps the monitor's session (and queues status "
+        "changes) while the monitor is away",
+    )
+
+
+class ServiceSettings(_Section):
+    """A declared service: the monitor expects it (others are discovered)."""
+
+    name: str = Field(description="service name (also its MQTT user name)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value)
+
+
+class LogSettings(_Section):
+    """Logging through loguru."""
+
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    json_lines: bool = Field(False, alias="json", description="one JSON object per line")
+    file: Path | None = Field(None, description="also log to this file")
+    rotation: str = Field("10 MB", description="rotate the log file at this size or interval")
+    retention: int = Field(5, ge=1, description="rotated log files to keep")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PRESENCE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    topic_prefix: str = Field("presence", description="topic prefix P")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    services: list[ServiceSettings] = Field(default_factory=list)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return validate_prefix(value)
+
+    @field_validator("services")
+    @classmethod
+    def _unique(cls, value: list[ServiceSettings]) -> list[ServiceSettings]:
+        seen: set[str] = set()
+        for service in value:
+            if service.name in seen:
+                raise ValueError(f"service {service.name!r} is declared twice")
+            seen.add(service.name)
+        return value
+
+    @property
+    def monitor_client_id(self) -> str:
+        """The monitor's fixed client id (persistent session)."""
+        return self.broker.client_id or f"{self.topic_prefix.replace('/', '-')}-monitor"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables override the file's values (which arrive as init kwargs)."""
+        return (env_settings, init_settings)
+
+
+def _describe(exc: ValidationError) -> str:
+    # Built from loc and msg only: pydantic's own text echoes input values, which may be secrets.
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read `path` (TOML, optional), apply PRESENCE_* environment variables, validate.
+
+    Raises `ConfigError` naming every bad field and why; never echoes a value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    data.update(overrides)
+    where = f" in {str(path)!r}" if path is not None else ""
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration{where}:\n{_describe(exc)}") from exc
