@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import secrets
 import signal
 import sys
@@ -23,6 +24,7 @@ from loguru import logger
 from rich.console import Console
 from rich.table import Table
 
+from presence.commands import new_command
 from presence.errors import BrokerError, ConfigError, PayloadError, PresenceError
 from presence.logs import setup_logging
 from presence.monitor import Monitor, MonitorExit
@@ -33,6 +35,7 @@ from presence.protocol import (
     Topics,
     Verdict,
     encode,
+    parse_ack,
     parse_pong,
     parse_status,
     parse_verdict,
@@ -108,7 +111,10 @@ def cli() -> None:
 def monitor(config: Path | None, log_json: bool, log_level: str | None) -> None:
     """Run the monitor until SIGINT/SIGTERM."""
     settings = _load(config, log_json, log_level)
-    mon = Monitor(settings)
+    # Restart actions and exec alert sinks inherit our environment minus our own settings, so
+    # the monitor's broker password never reaches them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    mon = Monitor(settings, env=env)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal {} received; stopping", signal.Signals(signum).name)
@@ -228,7 +234,7 @@ def status(config: Path | None, log_json: bool, log_level: str | None, as_json: 
 @click.option("--count", "-n", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--timeout", "-W", default=2.0, show_default=True, type=click.FloatRange(0.01))
 @click.option("--interval", "-i", default=1.0, show_default=True, type=click.FloatRange(0))
-def ping(  # noqa: PLR0917 (click passes every option positionally)
+def ping(
     config: Path | None,
     log_json: bool,
     log_level: str | None,
@@ -276,6 +282,67 @@ def ping(  # noqa: PLR0917 (click passes every option positionally)
     click.echo(f"--- {name}: {count} pings, {received} pongs")
     if received == 0:
         sys.exit(EXIT_DOWN)
+
+
+def _command(
+    config: Path | None, log_json: bool, log_level: str | None, cmd: str, name: str, timeout: float
+) -> None:
+    """Send an operator command to the monitor and wait for its answer."""
+    try:
+        validate_name(name)
+    except PresenceError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    settings = _load(config, log_json, log_level)
+    topics = Topics(settings.topic_prefix)
+    inbox = Inbox()
+    conn = _connect(settings, cmd, inbox)
+    try:
+        if not conn.subscribe(topics.monitor_ack, 1):
+            raise _Fail("the broker did not answer the subscription in time", EXIT_BROKER)
+        command = new_command(cmd, time.time(), lifetime=timeout, service=name)
+        delivery = conn.publish(topics.monitor_cmd, encode(command), qos=1)
+        if not delivery.wait(timeout) or delivery.refusal:
+            reason = delivery.refusal or "no acknowledgement from the broker"
+            raise _Fail(
+                f"the broker did not take the command ({reason}); this needs the admin or "
+                "monitor user",
+                EXIT_BROKER,
+            )
+        reply = inbox.wait_for(functools.partial(_is_ack, command_id=command.id), timeout)
+    finally:
+        conn.close()
+    if reply is None:
+        raise _Fail(f"no answer from the monitor within {timeout} s (is it running?)", EXIT_DOWN)
+    ack = parse_ack(reply.payload)
+    if not ack.ok:
+        raise _Fail(f"the monitor refused: {ack.detail}", EXIT_DOWN)
+    click.echo(ack.detail)
+
+
+def _is_ack(message: Message, command_id: str) -> bool:
+    try:
+        return parse_ack(message.payload).id == command_id
+    except PayloadError:
+        return False
+
+
+def _operator(cmd: str, help_text: str) -> None:
+    @_common
+    @click.argument("name")
+    @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1))
+    def command(
+        config: Path | None, log_json: bool, log_level: str | None, name: str, timeout: float
+    ) -> None:
+        _command(config, log_json, log_level, cmd, name, timeout)
+
+    command.__doc__ = help_text
+    cli.command(name=cmd)(command)
+
+
+_operator("reset", "Clear NAME's failed state and restart it now (needs the admin user).")
+_operator("restart", "Restart NAME now through its configured action (needs the admin user).")
+_operator("pause", "Maintenance: no restarts and no alerts for NAME until resume.")
+_operator("resume", "End maintenance for NAME; restart it if it is down.")
 
 
 @cli.command()

@@ -1,32 +1,39 @@
-"""The monitor: one thread owns every service record and drives ping rounds.
+"""The monitor: one thread owns every service record and drives ping rounds and recovery.
 
-paho's callbacks only translate and enqueue (`_Inbound`); the loop thread parses, feeds the pure
-state machine (`tracker.step`) and publishes verdicts and events. A ping round counts only if
-the monitor's own broadcast came back to it: when the broker (or our link to it) stalls, the
-round is void and nobody is blamed for the silence.
+paho's callbacks and the action workers only enqueue (`_Inbound`); the loop thread parses,
+feeds the pure state machines (`tracker.step` for detection, `policy.step` for recovery) and
+carries out their effects: publish verdicts and events, start restart actions, hand alerts to
+the sinks' workers. A ping round counts only if the monitor's own broadcast came back to it:
+when the broker (or our link to it) stalls, the round is void and nobody is blamed for the
+silence.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import random
 import secrets
 import socket
 import threading
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from loguru import logger
 
+from presence.actions import Outcome
+from presence.alerts import Alerter, Observation
 from presence.clock import Clock, Instant, SystemClock
 from presence.errors import BrokerUnreachable, PayloadError, PresenceError
 from presence.logs import BadPayloads
 from presence.mqtt import Connection, Disconnect, Message, WillMessage, fetch_retained
+from presence.policy import (
+    Recovery,
+)
 from presence.protocol import (
     MONITOR,
     Event,
-    Ping,
     Status,
     Topics,
     Verdict,
@@ -36,36 +43,30 @@ from presence.protocol import (
     parse_status,
     parse_verdict,
 )
+from presence.recovery import Recoverer
+from presence.rounds import Round, Rounds
 from presence.settings import Settings
 from presence.tracker import (
-    Answer,
-    Effect,
     GraceExpired,
     Limits,
     RoundClosed,
     Service,
     State,
-    StateChanged,
     StatusSeen,
     restore,
     step,
 )
+from presence.verdicts import build_verdict
 
 __all__ = ["Monitor", "MonitorExit"]
 
 _BATCH: Final = 512  # messages handled per wake-up before timers get a look in
+_OPERATOR_COMMANDS: Final = frozenset({"reset", "restart", "pause", "resume"})
+_IDLE: Final = Recovery()
 
 
 class MonitorExit(PresenceError):
     """The monitor cannot go on (another monitor took over, broker refused us...)."""
-
-
-@dataclass(slots=True)
-class _Round:
-    seq: int
-    sent: Instant
-    answers: dict[str, Answer] = field(default_factory=dict)
-    echoed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +75,18 @@ class _Connected:
 
 
 @dataclass(frozen=True, slots=True)
+class _ActionDone:
+    name: str
+    token: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
 class _Stop:
     pass
 
 
-_Inbound = Message | _Connected | Disconnect | _Stop
+_Inbound = Message | _Connected | Disconnect | _ActionDone | _Stop
 
 
 class _Bridge:
@@ -100,9 +108,20 @@ class _Bridge:
 
 
 class Monitor:
-    """Follows every service's status, runs ping rounds and publishes verdicts."""
+    """Follows every service's status, runs ping rounds, publishes verdicts and recovers.
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    `env` is the environment handed to restart actions and exec alert sinks (the CLI passes
+    its own minus PRESENCE_* variables, so the monitor's broker password never leaks to them).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self._clock = clock or SystemClock()
@@ -116,11 +135,7 @@ class Monitor:
         self._published: dict[str, Verdict] = {}
         self._previous: dict[str, Verdict] = {}
         self._rtt: dict[str, float] = {}
-        self._rounds: deque[_Round] = deque()
-        self._by_seq: dict[int, _Round] = {}
-        # Sequence numbers start from the clock so a restarted monitor never accepts late pongs
-        # to its predecessor's pings.
-        self._seq = int(self._clock.now().wall * 1000)
+        self._rounds = Rounds(int(self._clock.now().wall * 1000), self._pong_timeout)
         self._connected = False
         self._next_round = 0.0
         self._grace_at: float | None = None
@@ -132,6 +147,18 @@ class Monitor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.exit_error: MonitorExit | None = None
+        self._recovery = Recoverer(
+            settings,
+            self._services,
+            publish=self._publish,
+            changed=self._commit,
+            action_done=lambda name, token, outcome: self._inbox.put(
+                _ActionDone(name, token, outcome)
+            ),
+            rand=rand or random.Random().random,  # noqa: S311 (jitter, not secrets)
+            env=env,
+        )
+        self._alerter = Alerter(settings.alerts, env=env)
         t = self.topics
         self._conn = Connection(
             settings.broker,
@@ -141,6 +168,8 @@ class Monitor:
                 (t.wildcard("status"), 1),
                 (t.wildcard("pong"), 0),
                 (t.monitor_ping, 0),
+                (t.wildcard("ack"), 1),
+                (t.monitor_cmd, 1),
             ],
             persistent=True,
             session_expiry=settings.monitor.session_expiry,
@@ -242,6 +271,8 @@ class Monitor:
         return WillMessage(self.topics.monitor_status, encode(will), qos=1, retain=True)
 
     def _goodbye(self) -> None:
+        self._recovery.close()
+        self._alerter.close()
         # After losing to another monitor the status topic is theirs: leave it alone.
         if self._conn.connected and self.exit_error is None:
             status = Status(
@@ -262,7 +293,7 @@ class Monitor:
         inbox = self._inbox
         while not self._stopping.is_set():
             now = self._clock.now()
-            self._timers(now)
+            self._on_timers(now)
             wait = max(0.0, self._next_deadline(now) - now.mono)
             try:
                 item = inbox.get(timeout=wait)
@@ -271,6 +302,8 @@ class Monitor:
             for _ in range(_BATCH):
                 if isinstance(item, Message):
                     self._on_message(item)
+                elif isinstance(item, _ActionDone):
+                    self._on_action_done(item)
                 elif isinstance(item, _Stop):
                     return
                 else:
@@ -286,15 +319,19 @@ class Monitor:
         deadlines = [now.mono + 1.0]
         if self._connected:
             deadlines.append(self._next_round)
-        if self._rounds:
-            deadlines.append(self._rounds[0].sent.mono + self._pong_timeout)
+        round_at = self._rounds.next_deadline()
+        if round_at is not None:
+            deadlines.append(round_at)
         if self._grace_at is not None:
             deadlines.append(self._grace_at)
+        for extra in (self._recovery.next_deadline(), self._alerter.next_deadline()):
+            if extra is not None:
+                deadlines.append(extra)
         return min(deadlines)
 
-    def _timers(self, now: Instant) -> None:
-        while self._rounds and self._rounds[0].sent.mono + self._pong_timeout <= now.mono:
-            self._close_round(self._rounds.popleft(), now)
+    def _on_timers(self, now: Instant) -> None:
+        for rnd in self._rounds.due(now):
+            self._close_round(rnd, now)
         if self._connected and now.mono >= self._next_round:
             self._send_round(now)
             # Keep the cadence; after a long stall, start afresh rather than catch up.
@@ -302,17 +339,14 @@ class Monitor:
         if self._grace_at is not None and now.mono >= self._grace_at:
             self._grace_at = None
             for name in list(self._services):
-                self._feed(name, GraceExpired(), now)
+                self._detect(name, GraceExpired(), now)
+        self._recovery.on_timers(now)
+        self._alerter.tick(now.mono)
 
     def _send_round(self, now: Instant) -> None:
-        self._seq += 1
-        rnd = _Round(self._seq, now)
-        self._rounds.append(rnd)
-        self._by_seq[rnd.seq] = rnd
-        self._conn.publish(self.topics.monitor_ping, encode(Ping(rnd.seq, round(now.wall, 3))))
+        self._conn.publish(self.topics.monitor_ping, encode(self._rounds.start(now)))
 
-    def _close_round(self, rnd: _Round, now: Instant) -> None:
-        self._by_seq.pop(rnd.seq, None)
+    def _close_round(self, rnd: Round, now: Instant) -> None:
         if not rnd.echoed:
             # Our own ping never came back: the broker or our link stalled, so silence from the
             # services proves nothing about them.
@@ -324,18 +358,23 @@ class Monitor:
         for name, svc in list(self._services.items()):
             if svc.connected:
                 answer = answers.get(name)
-                self._feed(name, RoundClosed(sent, answer), now)
+                self._detect(name, RoundClosed(sent, answer), now)
                 verdict = published.get(name)
                 if answer is not None and verdict is not None and verdict.rtt_ms is None:
                     # The first round trip of a session: worth a verdict of its own.
-                    self._commit(name, self._services[name], (), now)
+                    self._commit(name, now)
 
     # -- inbound ---------------------------------------------------------------------------
 
     def _on_link(self, item: _Connected | Disconnect) -> None:
+        now = self._clock.now()
         if isinstance(item, _Connected):
             self._connected = True
-            self._next_round = self._clock.now().mono + self._interval
+            self._next_round = now.mono + self._interval
+            # Give every service the chance to re-announce itself before restarting anything:
+            # after a broker restart all Wills fire, though the services come back by
+            # themselves within seconds.
+            self._recovery.hold(now.mono + self.settings.monitor.settle)
             logger.info("monitor connected (session present: {})", item.session_present)
             birth = Status(
                 "online",
@@ -350,7 +389,6 @@ class Monitor:
         self._connected = False
         # Rounds in flight can no longer be judged: drop them unjudged.
         self._rounds.clear()
-        self._by_seq.clear()
         if item.taken_over:
             self.exit_error = MonitorExit(
                 f"another monitor connected with client id {self.settings.monitor_client_id!r}; "
@@ -373,27 +411,23 @@ class Monitor:
                 else:
                     self._on_status(name, message)
             elif leaf == "ping" and name == MONITOR:
-                rnd = self._by_seq.get(parse_ping(message.payload).seq)
-                if rnd is not None:
-                    rnd.echoed = True
+                self._rounds.echo(parse_ping(message.payload).seq)
+            elif leaf == "ack" and name != MONITOR:
+                self._recovery.on_ack(message.payload, self._clock.now())
+            elif leaf == "cmd" and name == MONITOR:
+                self._recovery.on_command(message.payload, message.retained, self._clock.now())
         except PayloadError as exc:
             if message.payload:  # an empty retained payload just clears a topic
                 self._bad.report(message.topic, exc)
 
     def _on_pong(self, name: str, message: Message) -> None:
-        pong = parse_pong(message.payload)
-        rnd = self._by_seq.get(pong.seq)
-        if rnd is None:
-            return  # a late pong, or an answer to someone else's targeted ping
         svc = self._services.get(name)
-        if svc is None or pong.session != svc.session:
-            return  # from a session we do not (or no longer) believe in
-        delay = message.received - rnd.sent.mono
-        if delay > self._pong_timeout:
+        if svc is None:
             return
-        detail = dict(pong.detail) if pong.detail is not None else None
-        rnd.answers[name] = Answer(pong.ok, detail)
-        self._rtt[name] = round(max(delay, 0.0) * 1000, 3)
+        pong = parse_pong(message.payload)
+        rtt = self._rounds.answer(name, pong, message.received, svc.session)
+        if rtt is not None:
+            self._rtt[name] = round(rtt * 1000, 3)
 
     def _on_status(self, name: str, message: Message) -> None:
         status = parse_status(message.payload)
@@ -402,11 +436,17 @@ class Monitor:
         if svc is None:
             svc = Service(name=name)
             self._services[name] = svc
-        new, effects = step(svc, StatusSeen(status), now, self._limits)
-        previous = self._previous.pop(name, None)
-        if previous is not None and svc.state == State.UNKNOWN:
-            new, effects = restore(new, previous, self._limits)
-        self._commit(name, new, effects, now)
+        previous = self._previous.pop(name, None) if svc.state == State.UNKNOWN else None
+        if previous is None:
+            self._detect(name, StatusSeen(status), now)
+            return
+        # First sight since our start: carry the predecessor's verdict over.
+        after, _ = step(svc, StatusSeen(status), now, self._limits)
+        after = restore(after, previous, self._limits)
+        self._recovery.restore(name, previous, now)
+        self._services[name] = after
+        self._commit(name, now)
+        self._recovery.detected(name, svc, now)
 
     def _on_monitor_status(self, message: Message) -> None:
         status = parse_status(message.payload)
@@ -424,61 +464,64 @@ class Monitor:
                 "another topic_prefix and client_id)"
             )
 
+    def _on_action_done(self, item: _ActionDone) -> None:
+        self._recovery.finish(item.name, item.token, item.outcome, self._clock.now())
+
     # -- state changes ---------------------------------------------------------------------
 
-    def _feed(
+    def _detect(
         self, name: str, event: StatusSeen | RoundClosed | GraceExpired, now: Instant
     ) -> None:
+        before = self._services[name]
+        after, effects = step(before, event, now, self._limits)
+        if after is before:
+            return
+        self._services[name] = after
+        for change in effects:
+            logger.debug(
+                "{} detected: {} -> {} ({})",
+                name,
+                change.from_state,
+                change.to_state,
+                change.reason,
+            )
+        self._commit(name, now)  # what detection alone says, before recovery reacts
+        self._recovery.detected(name, before, now)
+
+    def _commit(self, name: str, now: Instant) -> None:
         svc = self._services[name]
-        new, effects = step(svc, event, now, self._limits)
-        if new is not svc:
-            self._commit(name, new, effects, now)
-
-    def _commit(self, name: str, svc: Service, effects: tuple[Effect, ...], now: Instant) -> None:
-        self._services[name] = svc
-        for effect in effects:
-            if isinstance(effect, StateChanged):
-                self._publish_event(effect, now)
-        verdict = self._verdict(svc)
-        if self._published.get(name) != verdict:
-            self._published[name] = verdict
+        rec = self._recovery.record(name)
+        verdict = build_verdict(svc, rec, self._rtt.get(name), self._published.get(name), now)
+        old = self._published.get(name)
+        if old == verdict:
+            return
+        self._published[name] = verdict
+        before = old.state if old is not None else State.UNKNOWN.value
+        if before == verdict.state:
             self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
-
-    def _verdict(self, svc: Service) -> Verdict:
-        extra: dict[str, object] = {}
-        if svc.exit_code is not None:
-            extra["exit_code"] = svc.exit_code
-        if svc.signal is not None:
-            extra["signal"] = svc.signal
-        if svc.detail is not None:
-            extra["detail"] = svc.detail
-        if svc.group is not None:
-            extra["group"] = svc.group
-        return Verdict(
-            service=svc.name,
-            state=svc.state.value,
-            since=svc.since,
-            session=svc.session,
-            reason=svc.reason,
-            missed=svc.missed,
-            rtt_ms=self._rtt.get(svc.name) if svc.connected else None,
-            restarts=svc.restarts,
-            extra=extra or None,
+            return
+        logger.info("{}: {} -> {} ({})", name, before, verdict.state, verdict.reason)
+        # The event first: whoever sees the new verdict has already been sent the event.
+        self._publish_event(Event(round(now.wall, 3), name, before, verdict.state, verdict.reason))
+        self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
+        self._alerter.observe(
+            Observation(
+                service=name,
+                before=before,
+                after=verdict.state,
+                reason=verdict.reason,
+                restartable=self._recovery.policy(name).has_action,
+                attempt=rec.attempt,
+                restarts=rec.restarts,
+                paused=rec.paused,
+                clean_exit=svc.reason == "exited" and svc.exit_code == 0 and svc.signal is None,
+                detail=rec.why_failed or "",
+            ),
+            now.mono,
         )
 
-    def _publish_event(self, change: StateChanged, now: Instant) -> None:
-        logger.info(
-            "{}: {} -> {} ({})",
-            change.service,
-            change.from_state.value,
-            change.to_state.value,
-            change.reason,
-        )
-        event = Event(
-            ts=round(now.wall, 3),
-            service=change.service,
-            from_state=change.from_state.value,
-            to_state=change.to_state.value,
-            reason=change.reason,
-        )
+    def _publish_event(self, event: Event) -> None:
         self._conn.publish(self.topics.events, encode(event), qos=1)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._conn.publish(topic, payload, qos, retain)

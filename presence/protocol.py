@@ -20,6 +20,8 @@ __all__ = [
     "MAX_PAYLOAD",
     "MONITOR",
     "NAME_PATTERN",
+    "Ack",
+    "Command",
     "Event",
     "Ping",
     "Pong",
@@ -27,6 +29,8 @@ __all__ = [
     "Topics",
     "Verdict",
     "encode",
+    "parse_ack",
+    "parse_command",
     "parse_event",
     "parse_ping",
     "parse_pong",
@@ -75,7 +79,15 @@ def validate_prefix(prefix: object) -> str:
 class Topics:
     """Topic names under one prefix `P` (see the wire contract in docs/protocol.md)."""
 
-    __slots__ = ("_cut", "events", "monitor_cmd", "monitor_ping", "monitor_status", "prefix")
+    __slots__ = (
+        "_cut",
+        "events",
+        "monitor_ack",
+        "monitor_cmd",
+        "monitor_ping",
+        "monitor_status",
+        "prefix",
+    )
 
     def __init__(self, prefix: str = "presence") -> None:
         self.prefix = validate_prefix(prefix)
@@ -83,6 +95,7 @@ class Topics:
         self.monitor_ping = f"{prefix}/{MONITOR}/ping"
         self.monitor_status = f"{prefix}/{MONITOR}/status"
         self.monitor_cmd = f"{prefix}/{MONITOR}/cmd"
+        self.monitor_ack = f"{prefix}/{MONITOR}/ack"
         self.events = f"{prefix}/{MONITOR}/events"
 
     def _svc(self, name: str, leaf: str) -> str:
@@ -263,7 +276,46 @@ class Event:
         return out
 
 
-def encode(obj: Status | Ping | Pong | Verdict | Event | Mapping[str, Any]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An operator or monitor command (`P/_monitor/cmd`, `P/<name>/cmd`).
+
+    Every command has a unique `id` and an `expires` time: a receiver executes it at most once,
+    and refuses it when late, replayed or retained.
+    """
+
+    id: str
+    cmd: str
+    expires: float
+    service: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form."""
+        out: dict[str, Any] = {"id": self.id, "cmd": self.cmd, "expires": self.expires}
+        if self.service is not None:
+            out["service"] = self.service
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to a command (`P/_monitor/ack`, `P/<name>/ack`)."""
+
+    id: str
+    ok: bool
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form."""
+        return {"id": self.id, "ok": self.ok, "detail": self.detail}
+
+
+def encode(
+    obj: Status | Ping | Pong | Verdict | Event | Command | Ack | Mapping[str, Any],
+) -> bytes:
     """Serialise a payload model (or a plain mapping) to compact UTF-8 JSON."""
     data = obj if isinstance(obj, Mapping) else obj.to_json()
     return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
@@ -432,3 +484,27 @@ def parse_event(payload: bytes) -> Event:
         reason=_opt(data, "reason", _as_str),
         extra={k: v for k, v in data.items() if k not in _EVENT_KEYS} or None,
     )
+
+
+def parse_command(payload: bytes) -> Command:
+    """Parse a command."""
+    data = _decode(payload)
+    return Command(
+        id=_req(data, "id", _as_str),
+        cmd=_req(data, "cmd", _as_str),
+        expires=_req(data, "expires", _as_num),
+        service=_opt(data, "service", _as_name),
+        reason=_opt(data, "reason", _as_str),
+    )
+
+
+def parse_ack(payload: bytes) -> Ack:
+    """Parse a command's answer."""
+    data = _decode(payload)
+    ok = data.get("ok")
+    if not isinstance(ok, bool):
+        raise PayloadError("'ok' must be true or false")
+    detail = data.get("detail", "")
+    if not isinstance(detail, str):
+        detail = json.dumps(detail)[:_MAX_TEXT]
+    return Ack(id=_req(data, "id", _as_str), ok=ok, detail=detail[:4096])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,12 +25,24 @@ from presence.errors import ConfigError
 from presence.protocol import validate_name, validate_prefix
 
 __all__ = [
+    "Action",
+    "AgentAction",
     "BrokerSettings",
+    "DockerAction",
+    "ExecAction",
+    "ExecSink",
+    "HttpAction",
     "LogSettings",
     "MonitorSettings",
+    "NoAction",
+    "Pm2Action",
+    "RestartSettings",
     "ServiceSettings",
     "Settings",
+    "Sink",
+    "SystemdAction",
     "TLSSettings",
+    "WebhookSink",
     "load_settings",
 ]
 
@@ -127,17 +139,178 @@ class MonitorSettings(_Section):
         description="seconds the broker keeps the monitor's session (and queues status "
         "changes) while the monitor is away",
     )
+    settle: float = Field(
+        5.0,
+        ge=0,
+        description="after (re)connecting, hold restarts this long so services can re-announce",
+    )
+    max_parallel_actions: int = Field(4, ge=1, description="restart actions running at once")
+
+
+Reason = Literal["lost", "missing", "hung", "unhealthy", "exited", "shutdown"]
+_DEFAULT_ON: tuple[Reason, ...] = ("lost", "missing", "hung", "unhealthy", "exited")
+
+
+class RestartSettings(_Section):
+    """The restart policy: when to restart, how fast to back off, when to give up."""
+
+    on: list[Reason] = Field(
+        default_factory=lambda: list(_DEFAULT_ON),
+        description="reasons that trigger a restart",
+    )
+    restart_clean_exit: bool = Field(
+        False, description="restart after `exited` with code 0 too (default: failures only)"
+    )
+    initial_delay: float = Field(
+        5.0, ge=0, description="delay before the 2nd consecutive attempt (the 1st runs at once)"
+    )
+    factor: float = Field(2.0, ge=1, description="each further attempt waits this much longer")
+    max_delay: float = Field(60.0, ge=0, description="cap on the delay between attempts")
+    jitter: float = Field(0.1, ge=0, le=1, description="+/- fraction applied to each delay")
+    reset_after: float = Field(
+        60.0, ge=0, description="this long continuously online resets the attempt count"
+    )
+    max_restarts: int = Field(
+        5, ge=1, description="this many attempts within `window` seconds -> failed (give up)"
+    )
+    window: float = Field(300.0, gt=0, description="the give-up window, seconds")
+    verify_timeout: float = Field(
+        30.0, gt=0, description="a new session must come online this soon after an action"
+    )
+    retry_failed_after: float = Field(
+        0.0, ge=0, description="0: stay failed until `presence reset`; >0: retry after this"
+    )
+
+
+class ExecAction(_Section):
+    """Run a program (argv list, never a shell); {name} {host} {reason} are substituted."""
+
+    type: Literal["exec"]
+    argv: list[str] = Field(min_length=1, description="program and arguments")
+    timeout: float = Field(30.0, gt=0, description="killed (whole process group) after this")
+    env: dict[str, str] | None = Field(None, description="extra environment variables")
+    cwd: Path | None = Field(None, description="working directory")
+
+
+class SystemdAction(_Section):
+    """`systemctl [--user] restart UNIT`."""
+
+    type: Literal["systemd"]
+    unit: str = Field(min_length=1)
+    user: bool = False
+    timeout: float = Field(60.0, gt=0)
+
+
+class DockerAction(_Section):
+    """`docker restart CONTAINER`."""
+
+    type: Literal["docker"]
+    container: str = Field(min_length=1)
+    timeout: float = Field(60.0, gt=0)
+
+
+class Pm2Action(_Section):
+    """`pm2 restart APP`."""
+
+    type: Literal["pm2"]
+    app: str = Field(min_length=1)
+    timeout: float = Field(60.0, gt=0)
+
+
+class HttpAction(_Section):
+    """An HTTP request; success is a 2xx within `timeout`."""
+
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://", description="http:// or https:// URL")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(None, description="JSON body")
+    timeout: float = Field(10.0, gt=0)
+
+
+class AgentAction(_Section):
+    """Ask the service's `presence run` sidecar to restart its child (P/<name>/cmd)."""
+
+    type: Literal["agent"]
+    timeout: float = Field(10.0, gt=0, description="how long to wait for the runner's ack")
+
+
+class NoAction(_Section):
+    """Watch and alert only."""
+
+    type: Literal["none"] = "none"
+
+
+Action = Annotated[
+    ExecAction | SystemdAction | DockerAction | Pm2Action | HttpAction | AgentAction | NoAction,
+    Field(discriminator="type"),
+]
 
 
 class ServiceSettings(_Section):
     """A declared service: the monitor expects it (others are discovered)."""
 
     name: str = Field(description="service name (also its MQTT user name)")
+    action: Action = Field(default_factory=NoAction, description="how to restart it")
+    restart: dict[str, Any] | None = Field(
+        None, description="overrides of the [restart] defaults for this service"
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_name(value)
+
+    @field_validator("restart")
+    @classmethod
+    def _restart_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            unknown = set(value) - set(RestartSettings.model_fields)
+            if unknown:
+                raise ValueError(f"unknown restart keys: {', '.join(sorted(unknown))}")
+        return value
+
+
+AlertKind = Literal["down", "failed", "recovered", "restart"]
+_DEFAULT_ALERTS: tuple[AlertKind, ...] = ("down", "failed", "recovered")
+
+
+class _Sink(_Section):
+    on: list[AlertKind] = Field(
+        default_factory=lambda: list(_DEFAULT_ALERTS),
+        description="which alerts this sink gets",
+    )
+    alert_after: float = Field(
+        0.0, ge=0, description="an outage that recovers sooner sends nothing (group_wait)"
+    )
+    repeat_every: float = Field(0.0, ge=0, description="remind while still down (0: never)")
+    resolve_after: float = Field(
+        10.0, ge=0, description="healthy this long ends the episode (and sends `recovered`)"
+    )
+    alert_after_attempts: int = Field(
+        0, ge=0, description="escalate: `down` waits for this many failed restarts (0: off)"
+    )
+    services: list[str] | None = Field(None, description="only these services (default: all)")
+    timeout: float = Field(10.0, gt=0, description="per delivery")
+
+
+class WebhookSink(_Sink):
+    """POST the alert as JSON, or as Slack-compatible {"text": ...}."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    format: Literal["json", "slack"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecSink(_Sink):
+    """Run a program with the alert as JSON on stdin and PRESENCE_* environment variables."""
+
+    type: Literal["exec"]
+    argv: list[str] = Field(min_length=1)
+
+
+Sink = Annotated[WebhookSink | ExecSink, Field(discriminator="type")]
 
 
 class LogSettings(_Section):
@@ -170,7 +343,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("presence", description="topic prefix P")
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    restart: RestartSettings = Field(default_factory=RestartSettings)
     services: list[ServiceSettings] = Field(default_factory=list)
+    alerts: list[Sink] = Field(default_factory=list)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("topic_prefix")
@@ -187,6 +362,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"service {service.name!r} is declared twice")
             seen.add(service.name)
         return value
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> Settings:
+        for index, service in enumerate(self.services):
+            try:
+                self.restart_for(service)
+            except ValidationError as exc:
+                raise ValueError(f"services.{index}.restart: {_describe(exc).strip()}") from exc
+        return self
+
+    def restart_for(self, service: ServiceSettings) -> RestartSettings:
+        """The effective restart policy of a declared service (defaults + its overrides)."""
+        if not service.restart:
+            return self.restart
+        return RestartSettings.model_validate({**self.restart.model_dump(), **service.restart})
 
     @property
     def monitor_client_id(self) -> str:

@@ -92,7 +92,6 @@ class Service:
     signal: int | None = None
     group: str | None = None
     detail: dict[str, Any] | None = field(default=None, compare=False)
-    restarts: int = 0
 
     @property
     def connected(self) -> bool:
@@ -255,7 +254,7 @@ def _on_round(
     return _move(svc, to, reason, now, missed=missed, failed_checks=failed, detail=detail)
 
 
-def restore(svc: Service, previous: Verdict, limits: Limits) -> tuple[Service, tuple[Effect, ...]]:
+def restore(svc: Service, previous: Verdict, limits: Limits) -> Service:
     """Carry a predecessor monitor's verdict over to a freshly seen service.
 
     `svc` is the record after its first status in this monitor's life. When that status is
@@ -265,8 +264,7 @@ def restore(svc: Service, previous: Verdict, limits: Limits) -> tuple[Service, t
     try:
         before = State(previous.state)
     except ValueError:
-        before = State.UNKNOWN  # a state a newer version published
-    svc = replace(svc, restarts=previous.restarts)
+        return svc  # a state a newer version published: start from what we see
     if previous.session == svc.session and (
         (svc.state == State.ONLINE and before in CONNECTED) or svc.state == before
     ):
@@ -280,9 +278,7 @@ def restore(svc: Service, previous: Verdict, limits: Limits) -> tuple[Service, t
             missed=missed,
             failed_checks=failed,
         )
-    if svc.state == before:
-        return svc, _NO_EFFECTS
-    return svc, (StateChanged(svc.name, before, svc.state, svc.reason),)
+    return svc
 
 
 def step(

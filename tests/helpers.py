@@ -87,6 +87,7 @@ class Watcher:
         timeout: float = 5.0,
         start: int = 0,
         reason: str | None = None,
+        where: Callable[[Verdict], bool] | None = None,
     ) -> tuple[Verdict, Message]:
         topic = TOPICS.verdict(name)
 
@@ -94,7 +95,12 @@ class Watcher:
             if m.topic != topic:
                 return False
             v = _verdict_or_none(m)
-            return v is not None and v.state == state and (reason is None or v.reason == reason)
+            return (
+                v is not None
+                and v.state == state
+                and (reason is None or v.reason == reason)
+                and (where is None or where(v))
+            )
 
         message = self.inbox.wait_for(match, timeout, start)
         if message is None:

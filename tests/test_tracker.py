@@ -252,31 +252,26 @@ def _verdict(state: str, session: str = "s1", **kw: object) -> Verdict:
 def test_restore_keeps_a_predecessors_verdict_for_the_same_session(
     before: str, missed: int, failed: int
 ) -> None:
-    """A restarted monitor carries the verdict over, counters primed, with no state event."""
-    svc, effects = restore(online(), _verdict(before), LIMITS)
-    assert (svc.state.value, svc.since, svc.restarts) == (before, 123.0, 4)
+    """A restarted monitor carries the verdict over, with its counters primed."""
+    svc = restore(online(), _verdict(before), LIMITS)
+    assert (svc.state.value, svc.since, svc.reason) == (before, 123.0, "r")
     assert (svc.missed, svc.failed_checks) == (missed, failed)
-    assert effects == ()
 
 
-def test_restore_reports_what_changed_while_the_monitor_was_away() -> None:
-    """Predecessor said online; the service died meanwhile: one event, from online."""
+def test_restore_keeps_what_changed_while_the_monitor_was_away() -> None:
+    """Predecessor said online; the service died meanwhile: the death stands."""
     gone, _ = step(Service(name="svc"), death(), T0, LIMITS)
-    svc, effects = restore(gone, _verdict("online"), LIMITS)
-    assert svc.state == State.OFFLINE
-    assert svc.restarts == 4
-    assert effects == (StateChanged("svc", State.ONLINE, State.OFFLINE, "lost"),)
+    svc = restore(gone, _verdict("online"), LIMITS)
+    assert (svc.state, svc.reason, svc.since) == (State.OFFLINE, "lost", round(T0.wall, 3))
 
 
-def test_restore_of_another_session_keeps_only_the_restart_count() -> None:
-    """A different session is a new life: fresh since, but the restart count carries on."""
-    svc, effects = restore(online(), _verdict("hung", session="old"), LIMITS)
-    assert (svc.state, svc.restarts, svc.since) == (State.ONLINE, 4, round(T0.wall, 3))
-    assert effects == (StateChanged("svc", State.HUNG, State.ONLINE, "birth"),)
+def test_restore_of_another_session_starts_afresh() -> None:
+    """A different session is a new life: the old verdict does not apply to it."""
+    fresh = online()
+    assert restore(fresh, _verdict("hung", session="old"), LIMITS) == fresh
 
 
 def test_restore_tolerates_states_from_newer_versions() -> None:
-    """An unknown state string from a future monitor is treated as unknown."""
-    svc, effects = restore(online(), _verdict("quantum"), LIMITS)
-    assert svc.state == State.ONLINE
-    assert effects == (StateChanged("svc", State.UNKNOWN, State.ONLINE, "birth"),)
+    """An unknown state string from a future monitor is ignored."""
+    fresh = online()
+    assert restore(fresh, _verdict("quantum"), LIMITS) == fresh

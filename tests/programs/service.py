@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--mode", choices=["threaded", "asyncio"], default="threaded")
     parser.add_argument("--health", choices=["none", "ok", "fail", "slow"], default="none")
     parser.add_argument("--confirm-timeout", type=float, default=0.5)
+    parser.add_argument("--pidfile", help="append our pid here (tests kill what it lists)")
+    parser.add_argument("--crash-after", type=float, help="exit 1 this long after coming online")
     return parser.parse_args()
 
 
@@ -72,7 +75,10 @@ def run_threaded(args: argparse.Namespace, broker: BrokerSettings) -> int:
         return 3
     print(f"READY {agent.session}", flush=True)
     lock = threading.Lock()
+    crash_at = time.monotonic() + args.crash_after if args.crash_after is not None else None
     while not stop.wait(0.05):
+        if crash_at is not None and time.monotonic() >= crash_at:
+            os._exit(1)  # a crash: no graceful offline, the broker fires the Will
         if deadlock.is_set():
             lock.acquire()
             lock.acquire()  # never returns: the main loop is deadlocked
@@ -100,6 +106,9 @@ async def run_async(args: argparse.Namespace, broker: BrokerSettings) -> int:
 
 def main() -> int:
     args = _args()
+    if args.pidfile:
+        with open(args.pidfile, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
     broker = BrokerSettings(
         host="127.0.0.1",
         port=args.port,
