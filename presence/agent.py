@@ -217,6 +217,8 @@ class Agent:
         self._rival: Status | None = None
         self._conflict: DuplicateServiceError | None = None
         self._announced: Status | None = None
+        # Set while a runner's program is down: (reason, exit_code, signal).
+        self._down: tuple[str, int | None, int | None] | None = None
         self._birth_delivery: Delivery | None = None
         self._incarnation = 0
         self._service_pid: int | None = None
@@ -235,6 +237,7 @@ class Agent:
             client_id=_client_id(name, self._host, self._pid),
             handler=self,
             subscriptions=subscriptions,
+            keep_retain_flag={self._cmd_topic},
             will=self._new_session,
             label=f"agent[{name}]",
         )
@@ -320,11 +323,13 @@ class Agent:
         """Tell the agent the application's main loop is alive (call it from that loop)."""
         self._last_beat = time.monotonic()
 
-    def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
+    def stop(self, reason: str = "shutdown", timeout: float = 2.0, *, publish: bool = True) -> None:
         """Publish a graceful offline (state `stopped` at the monitor) and disconnect.
 
-        After a name conflict nothing is published: the status topic belongs to the winner."""
-        self._shutdown(publish=True, reason=reason, timeout=timeout)
+        With `publish=False` the last announcement stays (a runner whose program failed to
+        start leaves its `exited`). After a name conflict nothing is published: the status
+        topic belongs to the winner."""
+        self._shutdown(publish=publish, reason=reason, timeout=timeout)
 
     def announce(
         self,
@@ -346,26 +351,9 @@ class Agent:
                 self._incarnation = incarnation
             if pid is not None:
                 self._service_pid = pid
-            session = self._session
-            if session is None:
-                return
-            if online:
-                status = self._birth(session)
-            else:
-                status = Status(
-                    state="offline",
-                    session=session.id,
-                    since=session.since,
-                    reason=reason or "exited",
-                    host=self._host,
-                    pid=self._service_pid or self._pid,
-                    incarnation=self._incarnation,
-                    exit_code=exit_code,
-                    signal=signal,
-                    group=self.group,
-                )
-            self._announced = status
-        self._conn.publish(self._status_topic, encode(status), qos=1, retain=True)
+            # Remembered, so a reconnection announces the same thing for its new session.
+            self._down = None if online else (reason or "exited", exit_code, signal)
+        self._publish_current()
 
     def set_answer_hook(self, hook: Callable[[int, str], bool] | None) -> None:
         """Let another context answer pings: `hook(seq, session)` returns True if it took it."""
@@ -401,23 +389,28 @@ class Agent:
         will = Status(state="offline", session=session.id, since=session.since, reason="lost")
         return WillMessage(self._status_topic, encode(will), qos=1, retain=True)
 
-    def _birth(self, session: _Session) -> Status:
+    def _current(self, session: _Session) -> Status:
+        """What this connection announces: a birth, or the program's exit (runner)."""
+        down = self._down
         return Status(
-            state="online",
+            state="online" if down is None else "offline",
             session=session.id,
             since=session.since,
+            reason=None if down is None else down[0],
             host=self._host,
             pid=self._service_pid or self._pid,
             incarnation=self._incarnation,
+            exit_code=None if down is None else down[1],
+            signal=None if down is None else down[2],
             group=self.group,
         )
 
-    def _publish_birth(self) -> None:
+    def _publish_current(self) -> None:
         with self._lock:
             session = self._session
             if session is None or self._phase in (Phase.CONFLICT, Phase.STOPPED):
                 return
-            status = self._birth(session)
+            status = self._current(session)
             self._announced = status
         delivery = self._conn.publish(self._status_topic, encode(status), qos=1, retain=True)
         self._birth_delivery = delivery
@@ -460,7 +453,7 @@ class Agent:
             if self._phase in (Phase.CONFLICT, Phase.STOPPED):
                 return
         self._set_phase(Phase.CONNECTING)
-        self._publish_birth()
+        self._publish_current()
 
     def on_disconnected(self, info: Disconnect) -> None:
         """paho reconnects by itself; note that we are no longer established."""
@@ -490,7 +483,7 @@ class Agent:
             now = time.monotonic()
             if self._echoed and self._phase == Phase.ONLINE and now - self._junk_healed > 1.0:
                 self._junk_healed = now
-                self._publish_birth()
+                self._publish_current()
             return
         heal = False
         winner: Status | None = None
@@ -499,16 +492,17 @@ class Agent:
             if session is None or self._phase in (Phase.CONFLICT, Phase.STOPPED):
                 return
             if status.session == session.id:
-                if status.state == "online" and not self._echoed:
+                if not self._echoed:
                     self._echoed = True
                     self._after_echo(session)
-                elif status.state == "offline" and status != self._announced:
+                elif status.state == "offline" and status != self._announced and not self._down:
                     heal = True  # someone published our session as offline: not true
             elif status.session in self._own_sessions:
                 # A late Will of one of our own earlier connections overwrote the topic.
                 heal = status.state == "offline"
-            elif status.state == "offline":
+            elif status.state == "offline" and status.reason != "exited":
                 # Another session's death (a stale Will): re-assert, once our birth is out.
+                # (An `exited` comes from a live runner whose program is down: a claim.)
                 heal = self._echoed
             elif not self._echoed:
                 self._rival = status  # was there before us (retained) or races with us
@@ -520,7 +514,7 @@ class Agent:
             self._lose(winner)
         elif heal:
             logger.info("agent {}: status topic said otherwise; re-publishing birth", self.name)
-            self._publish_birth()
+            self._publish_current()
 
     def _after_echo(self, session: _Session) -> None:
         """Our birth is back from the broker (lock held)."""

@@ -345,6 +345,94 @@ _operator("pause", "Maintenance: no restarts and no alerts for NAME until resume
 _operator("resume", "End maintenance for NAME; restart it if it is down.")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@_common
+@click.option("--name", "-n", required=True, help="Service name (also its MQTT user by default).")
+@click.option("--probe-http", metavar="URL", help="Healthy while GET URL answers 2xx.")
+@click.option("--probe-tcp", metavar="HOST:PORT", help="Healthy while HOST:PORT accepts.")
+@click.option("--probe-exec", metavar="'CMD ARGS'", help="Healthy while CMD exits 0 (no shell).")
+@click.option("--probe-interval", default=1.0, show_default=True, type=click.FloatRange(0.05))
+@click.option("--probe-timeout", default=1.0, show_default=True, type=click.FloatRange(0.05))
+@click.option(
+    "--probe-grace",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="After each start, failing probes mean 'starting' for this long.",
+)
+@click.option(
+    "--kill-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="SIGKILL the program this long after SIGTERM.",
+)
+@click.option(
+    "--restart-local",
+    is_flag=True,
+    help="Restart the program here with the [restart] policy (for when no monitor is reachable).",
+)
+@click.option("--group", help="Group name (for 'healthy members' routing).")
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the program's output to this rotating file.",
+)
+@click.option("--log-rotation", default="10 MB", show_default=True)
+@click.option("--log-retention", default=5, show_default=True, type=click.IntRange(1))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    config: Path | None,
+    log_json: bool,
+    log_level: str | None,
+    name: str,
+    probe_http: str | None,
+    probe_tcp: str | None,
+    probe_exec: str | None,
+    probe_interval: float,
+    probe_timeout: float,
+    probe_grace: float,
+    kill_timeout: float,
+    restart_local: bool,
+    group: str | None,
+    log_file: Path | None,
+    log_rotation: str,
+    log_retention: int,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND under presence: birth/Will, pongs, probes, restart commands.
+
+    presence run --name web --probe-http http://127.0.0.1:3000/health -- node server.js
+    """
+    from presence.probes import parse_probe  # noqa: PLC0415 (only `run` needs these)
+    from presence.runner import Runner, RunOptions  # noqa: PLC0415
+
+    try:
+        validate_name(name)
+        if group is not None:
+            validate_name(group)
+        probe = parse_probe(probe_http, probe_tcp, probe_exec)
+    except (PresenceError, ValueError) as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    settings = _load(config, log_json, log_level)
+    options = RunOptions(
+        name=name,
+        argv=command,
+        probe=probe,
+        probe_interval=probe_interval,
+        probe_timeout=probe_timeout,
+        probe_grace=probe_grace,
+        kill_timeout=kill_timeout,
+        restart_local=restart_local,
+        group=group,
+        log_file=log_file,
+        log_rotation=log_rotation,
+        log_retention=log_retention,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    sys.exit(Runner(settings, options, env=env).run())
+
+
 @cli.command()
 @click.option(
     "--duration", type=click.FloatRange(1), help="Stop after this many seconds (default: Ctrl-C)."

@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
 from presence.settings import LogSettings
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 __all__ = ["BadPayloads", "setup_logging"]
 
@@ -19,11 +22,17 @@ _HUMAN: Final = (
 )
 
 
+def _ours(record: Record) -> bool:
+    # A `presence run` child's output is logged to its own file only, never to our sinks.
+    return "child_stream" not in record["extra"]
+
+
 def setup_logging(settings: LogSettings) -> None:
     """Send logs to stderr (human or JSON lines) and optionally to a rotating file."""
     logger.remove()
     logger.add(
         sys.stderr,
+        filter=_ours,
         level=settings.level,
         serialize=settings.json_lines,
         format=_HUMAN,
@@ -34,6 +43,7 @@ def setup_logging(settings: LogSettings) -> None:
     if settings.file is not None:
         logger.add(
             settings.file,
+            filter=_ours,
             level=settings.level,
             serialize=settings.json_lines,
             format=_HUMAN,

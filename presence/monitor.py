@@ -171,6 +171,7 @@ class Monitor:
                 (t.wildcard("ack"), 1),
                 (t.monitor_cmd, 1),
             ],
+            keep_retain_flag={t.monitor_cmd},
             persistent=True,
             session_expiry=settings.monitor.session_expiry,
             will=self._new_session,

@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from presence.errors import BrokerError, BrokerUnreachable, ConnectionRefused
 from presence.protocol import MAX_PAYLOAD
@@ -175,6 +176,7 @@ class Connection:
         client_id: str,
         handler: Handler | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
+        keep_retain_flag: Collection[str] = (),
         persistent: bool = False,
         session_expiry: int = 0,
         will: Callable[[], WillMessage | None] | None = None,
@@ -182,7 +184,16 @@ class Connection:
     ) -> None:
         self._broker = broker
         self._handler = handler
-        self._subscriptions = list(subscriptions)
+        # MQTT 5 "retain as published" for these filters: a command sent with the retain flag
+        # must look retained even when it reaches us live, so it can be refused.
+        self._subscriptions: list[tuple[str, int]] | list[tuple[str, SubscribeOptions]]
+        if broker.protocol == "5":
+            self._subscriptions = [
+                (topic, SubscribeOptions(qos=qos, retainAsPublished=topic in keep_retain_flag))
+                for topic, qos in subscriptions
+            ]
+        else:
+            self._subscriptions = list(subscriptions)
         self._will = will
         self._label = label
         self._persistent = persistent
@@ -198,6 +209,24 @@ class Connection:
         self._fail_logged = 0.0
         self.client_id = client_id
 
+        client = self._client = self._make_client(broker, client_id, persistent)
+        self._connect_properties: Properties | None = None
+        if self._v5 and persistent:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = session_expiry
+            self._connect_properties = props
+
+        client.on_pre_connect = _guard(f"{label}.on_pre_connect")(self._on_pre_connect)
+        client.on_socket_open = _guard(f"{label}.on_socket_open")(self._on_socket_open)
+        client.on_connect = _guard(f"{label}.on_connect")(self._on_connect)
+        client.on_connect_fail = _guard(f"{label}.on_connect_fail")(self._on_connect_fail)
+        client.on_disconnect = _guard(f"{label}.on_disconnect")(self._on_disconnect)
+        client.on_message = _guard(f"{label}.on_message")(self._on_message)
+        client.on_subscribe = _guard(f"{label}.on_subscribe")(self._on_subscribe)
+        client.on_publish = _guard(f"{label}.on_publish")(self._on_publish)
+
+    def _make_client(self, broker: BrokerSettings, client_id: str, persistent: bool) -> paho.Client:
+        """The paho client with our protocol, credentials, TLS and limits."""
         protocol = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
         kwargs: dict[str, Any] = {}
         if not self._v5:
@@ -228,21 +257,7 @@ class Connection:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise BrokerError(f"cannot load TLS files: {exc}") from exc
             client.tls_insecure_set(tls.insecure)
-        self._connect_properties: Properties | None = None
-        if self._v5 and persistent:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = session_expiry
-            self._connect_properties = props
-
-        client.on_pre_connect = _guard(f"{label}.on_pre_connect")(self._on_pre_connect)
-        client.on_socket_open = _guard(f"{label}.on_socket_open")(self._on_socket_open)
-        client.on_connect = _guard(f"{label}.on_connect")(self._on_connect)
-        client.on_connect_fail = _guard(f"{label}.on_connect_fail")(self._on_connect_fail)
-        client.on_disconnect = _guard(f"{label}.on_disconnect")(self._on_disconnect)
-        client.on_message = _guard(f"{label}.on_message")(self._on_message)
-        client.on_subscribe = _guard(f"{label}.on_subscribe")(self._on_subscribe)
-        client.on_publish = _guard(f"{label}.on_publish")(self._on_publish)
-        self._client = client
+        return client
 
     # -- lifecycle -------------------------------------------------------------------------
 
