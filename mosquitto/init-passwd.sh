@@ -1,7 +1,7 @@
 #!/bin/sh
 # First-run step (docker compose): create mosquitto/passwd from environment variables, once.
 # Users: monitor, dashboard, admin (roles) and one per service, named exactly like the service.
-# PRESENCE_SERVICES="web sensor-gw" with WEB_PASSWORD=..., SENSOR_GW_PASSWORD=... (name upper-
+# SERVICE_USERS="web sensor-gw" with WEB_PASSWORD=..., SENSOR_GW_PASSWORD=... (name upper-
 # cased, - and . as _). An existing passwd file is left alone: add users with mosquitto_passwd.
 set -eu
 file=/mosquitto/config/passwd
@@ -17,7 +17,7 @@ chmod 0700 "$file"
 mosquitto_passwd -b "$file" monitor "$MONITOR_PASSWORD"
 mosquitto_passwd -b "$file" dashboard "$DASHBOARD_PASSWORD"
 mosquitto_passwd -b "$file" admin "$ADMIN_PASSWORD"
-for name in ${PRESENCE_SERVICES:-}; do
+for name in ${SERVICE_USERS:-}; do
     var="$(echo "$name" | tr 'a-z.-' 'A-Z__')_PASSWORD"
     eval "pw=\${$var:-}"
     if [ -z "$pw" ]; then

@@ -4,8 +4,7 @@ Embed `Agent` (or `AsyncAgent`) in a service; run `presence monitor` to follow e
 status, tell crashed (Last Will) from hung (missed pongs), and publish verdicts.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from presence._version import __version__
 from presence.agent import Agent, AsyncAgent, HealthResult, Phase
 from presence.errors import (
     BrokerError,
@@ -18,11 +17,6 @@ from presence.errors import (
     PresenceError,
 )
 from presence.settings import BrokerSettings, Settings, load_settings
-
-try:
-    __version__ = version("presence")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
 
 __all__ = [
     "Agent",

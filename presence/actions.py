@@ -28,6 +28,7 @@ from presence.settings import (
     DockerAction,
     ExecAction,
     HttpAction,
+    MqttAction,
     Pm2Action,
     SystemdAction,
 )
@@ -171,6 +172,10 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 1)
 
 
+#: publish(topic, payload, qos, retain, timeout) -> whether the broker took it
+PublishWait = Callable[[str, bytes, int, bool, float], bool]
+
+
 class ActionRunner:
     """A bounded pool that runs actions and reports each outcome through `done`."""
 
@@ -180,10 +185,12 @@ class ActionRunner:
         done: Callable[[str, int, Outcome], None],
         *,
         env: Mapping[str, str] | None = None,
+        publish: PublishWait | None = None,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="presence-action")
         self._done = done
         self._env = env
+        self._publish = publish
 
     def submit(self, name: str, token: int, action: Action, values: Mapping[str, str]) -> None:
         """Start `action` for service `name`; `done(name, token, outcome)` follows."""
@@ -200,6 +207,8 @@ class ActionRunner:
     def _execute(self, action: Action, values: dict[str, str]) -> Outcome:
         if isinstance(action, HttpAction):
             return run_http(action)
+        if isinstance(action, MqttAction):
+            return self._run_mqtt(action)
         argv = build_argv(action, values)
         if argv is None or not isinstance(
             action, ExecAction | SystemdAction | DockerAction | Pm2Action
@@ -212,6 +221,14 @@ class ActionRunner:
                 env = {**(env if env is not None else os.environ), **action.env}
             cwd = str(action.cwd) if action.cwd else None
         return run_argv(argv, action.timeout, env=env, cwd=cwd)
+
+    def _run_mqtt(self, action: MqttAction) -> Outcome:
+        started = time.monotonic()
+        if self._publish is None:
+            return Outcome(False, "no MQTT connection to publish with", 0.0)
+        ok = self._publish(action.topic, action.payload.encode(), action.qos, action.retain, 10.0)
+        what = f"published to {action.topic}" if ok else f"the broker did not take {action.topic}"
+        return Outcome(ok, what, _ms(started))
 
     def close(self) -> None:
         """Stop taking work; running actions finish in the background."""

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import click
 from loguru import logger
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from presence.commands import new_command
@@ -199,8 +200,10 @@ def status(config: Path | None, log_json: bool, log_level: str | None, as_json: 
             console.print("[bold red]monitor: never seen[/] (no retained monitor status)")
         else:
             style = "green" if monitor_online else "bold red"
-            where = f" on {monitor_status.host} pid {monitor_status.pid}" if monitor_online else ""
-            reason = f" ({monitor_status.reason})" if monitor_status.reason else ""
+            # Everything from the wire is escaped: a "[/]" in a payload must not be markup.
+            host = escape(str(monitor_status.host))
+            where = f" on {host} pid {monitor_status.pid}" if monitor_online else ""
+            reason = f" ({escape(monitor_status.reason)})" if monitor_status.reason else ""
             console.print(
                 f"monitor: [{style}]{monitor_status.state}[/]{reason}{where}, "
                 f"since {_since(monitor_status.since)}"
@@ -213,9 +216,9 @@ def status(config: Path | None, log_json: bool, log_level: str | None, as_json: 
             style = _STYLE.get(v.state, "")
             table.add_row(
                 v.service,
-                f"[{style}]{v.state}[/]" if style else v.state,
+                f"[{style}]{v.state}[/]" if style else escape(v.state),
                 _since(v.since),
-                v.reason or "-",
+                escape(v.reason or "-"),
                 str(v.missed),
                 rtt,
                 str(v.restarts),
@@ -343,6 +346,54 @@ _operator("reset", "Clear NAME's failed state and restart it now (needs the admi
 _operator("restart", "Restart NAME now through its configured action (needs the admin user).")
 _operator("pause", "Maintenance: no restarts and no alerts for NAME until resume.")
 _operator("resume", "End maintenance for NAME; restart it if it is down.")
+_operator(
+    "forget",
+    "Drop NAME (after removing it from the config): clears its verdict, retained status and "
+    "Home Assistant entities.",
+)
+
+
+@cli.command()
+@_common
+@click.argument("group")
+@click.option("--all", "show_all", is_flag=True, help="List every live member, best first.")
+def pick(
+    config: Path | None, log_json: bool, log_level: str | None, group: str, show_all: bool
+) -> None:
+    """Print the least-loaded live member of GROUP; exit 1 if none is live."""
+    from presence.groups import group_topic, parse_group  # noqa: PLC0415 (only `pick` needs it)
+
+    try:
+        validate_name(group)
+    except PresenceError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    settings = _load(config, log_json, log_level)
+    topic = group_topic(Topics(settings.topic_prefix), group)
+    try:
+        retained = fetch_retained(settings.broker, [topic], client_id=cli_client_id("pick"))
+    except BrokerError as exc:
+        raise _Fail(str(exc), EXIT_BROKER) from exc
+    members: list[str] = []
+    for message in retained:
+        if message.payload:
+            try:
+                members = parse_group(message.payload)
+            except PayloadError as exc:
+                raise _Fail(f"malformed group document on {topic}: {exc}", EXIT_DOWN) from exc
+    if not members:
+        raise _Fail(f"no live member in group {group!r}", EXIT_DOWN)
+    click.echo("\n".join(members) if show_all else members[0])
+
+
+@cli.command()
+@_common
+@click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
+def watch(config: Path | None, log_json: bool, log_level: str | None, once: bool) -> None:
+    """Live table of every service, worst first; Ctrl-C quits (the dashboard user is enough)."""
+    from presence.watch import run_watch  # noqa: PLC0415 (keeps other commands' start-up lean)
+
+    settings = _load(config, log_json, log_level or "WARNING")
+    sys.exit(run_watch(settings, once=once))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -1,11 +1,16 @@
-"""`presence demo`: a private broker, the monitor and three misbehaving services, one command.
+"""`presence demo`: a private broker, the monitor and three programs under `presence run`.
 
-Everything lives in a temporary directory and on a free loopback port; Ctrl-C (or --duration)
-cleans it all up and prints what was seen.
+One command for a newcomer: Mosquitto with generated users and ACL on a free loopback port
+(everything in a temporary directory), the monitor, and three copies of a small HTTP service,
+each under `presence run`: `healthy` just runs, `crashy` is killed (-9) every ~20 s, `freezy`
+is frozen (SIGSTOP) now and then. The monitor restarts them through their runners (the `agent`
+action). `presence watch` shows it live until Ctrl-C or --duration; then everything is cleaned
+up and a summary printed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -23,57 +28,44 @@ from loguru import logger
 from rich.console import Console
 from rich.table import Table
 
-from presence.broker import PrivateBroker
+from presence.broker import PrivateBroker, free_port
 from presence.monitor import Monitor
 from presence.mqtt import Connection, Disconnect, Message, cli_client_id
-from presence.protocol import Topics, parse_event
-from presence.settings import MonitorSettings, ServiceSettings, Settings
+from presence.protocol import Topics, parse_event, parse_status
+from presence.settings import (
+    AgentAction,
+    BrokerSettings,
+    MonitorSettings,
+    RestartSettings,
+    ServiceSettings,
+    Settings,
+)
+from presence.watch import run_watch
 
 __all__ = ["run_demo"]
 
 SERVICES: Final = ("healthy", "crashy", "freezy")
-_STYLE: Final = {"online": "green", "offline": "bold red", "hung": "red", "suspect": "yellow"}
-# A tiny service embedding the agent; its main loop beats, so a freeze stops the pongs.
-_SERVICE_CODE: Final = """
-import sys, time
-from loguru import logger
-from presence.agent import Agent
-from presence.settings import BrokerSettings
-logger.remove()
-logger.add(sys.stderr, level="WARNING")
-name, port, password = sys.argv[1:4]
-broker = BrokerSettings(port=int(port), username=name, password=password, reconnect_max=1)
-agent = Agent(name, broker, beat_timeout=1.0).start()
-print("ready", flush=True)
-while True:
-    agent.beat()
-    time.sleep(0.1)
-"""
 
 
 @dataclass
 class _Tally:
+    """What the demo saw, fed by the event stream and the fault injector."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
     crashes: int = 0
     hangs: int = 0
-    relaunches: int = 0
-    detect: dict[str, list[float]] = field(default_factory=lambda: {"offline": [], "hung": []})
-    pending: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+    detect: dict[str, list[float]] = field(default_factory=lambda: {"crash": [], "hang": []})
+    injected: dict[str, float] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 class _Feed:
-    """Prints the monitor's events as they arrive and measures detection latency."""
+    """Counts crashes, hangs and restarts from the monitor's events; learns each child's pid."""
 
-    def __init__(self, console: Console, tally: _Tally, topics: Topics) -> None:
-        self.console = console
+    def __init__(self, tally: _Tally, topics: Topics) -> None:
         self.tally = tally
         self.topics = topics
-        self.lock = threading.Lock()
-        self.muted = False
-
-    def fault(self, service: str, expect: str) -> None:
-        """Note when a fault was injected, to time its detection."""
-        with self.lock:
-            self.tally.pending[f"{service}:{expect}"] = time.monotonic()
 
     def on_connected(self, session_present: bool) -> None:
         """Nothing to do."""
@@ -82,129 +74,119 @@ class _Feed:
         """Nothing to do."""
 
     def on_message(self, message: Message) -> None:
-        """One line per state change."""
+        """Events and the services' births (which carry the child's pid)."""
+        tally = self.tally
+        if message.topic != self.topics.events:
+            status = parse_status(message.payload)
+            name = message.topic.split("/")[-2]
+            if status.state == "online" and status.incarnation and status.pid:
+                with tally.lock:
+                    tally.pids[name] = status.pid
+            return
         event = parse_event(message.payload)
-        took = ""
-        with self.lock:
-            if self.muted:
+        kind = {"offline": "crash", "hung": "hang", "unhealthy": "hang"}.get(event.to_state)
+        with tally.lock:
+            if event.to_state == "restarting" and event.from_state != "restarting":
+                tally.restarts += 1
+            if kind is None:
                 return
-            started = self.tally.pending.pop(f"{event.service}:{event.to_state}", None)
+            if kind == "crash":
+                tally.crashes += 1
+            else:
+                tally.hangs += 1
+            started = tally.injected.pop(event.service, None)
             if started is not None:
-                latency = time.monotonic() - started
-                self.tally.detect[event.to_state].append(latency)
-                took = f"  [dim](detected {latency * 1000:.0f} ms after the fault)[/]"
-        style = _STYLE.get(event.to_state, "cyan")
-        self.console.print(
-            f"{time.strftime('%H:%M:%S')}  {event.service:<8} {event.from_state:>8} -> "
-            f"[{style}]{event.to_state}[/] ({event.reason}){took}"
-        )
+                tally.detect[kind].append(time.monotonic() - started)
 
 
-def _spawn(broker: PrivateBroker, name: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(  # noqa: S603 (our own interpreter and code, no shell)
-        [sys.executable, "-c", _SERVICE_CODE, name, str(broker.port), broker.users[name]],
-        stdout=subprocess.PIPE,
-        start_new_session=True,
+def _runner(tmp: Path, broker: PrivateBroker, name: str, port: int) -> subprocess.Popen[bytes]:
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(
+        f'[broker]\nport = {broker.port}\nusername = "{name}"\npassword = "{broker.users[name]}"\n'
+        'reconnect_max = 1\n[log]\nlevel = "WARNING"\n'
     )
-    if proc.stdout is not None:
-        proc.stdout.readline()  # "ready": the agent is online
-    return proc
+    argv = [sys.executable, "-m", "presence", "run", "-c", str(cfg), "--name", name]
+    argv += ["--probe-http", f"http://127.0.0.1:{port}/health", "--probe-grace", "3"]
+    argv += ["--kill-timeout", "2", "--", sys.executable, "-m", "presence.demo_app", str(port)]
+    return subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
-class _Chaos:
-    """Injects the faults: kill -9 crashy every ~20 s (relaunching it), freeze freezy."""
-
-    def __init__(self, broker: PrivateBroker, feed: _Feed, tally: _Tally) -> None:
-        self.broker = broker
-        self.feed = feed
-        self.tally = tally
-        self.rng = random.Random()  # noqa: S311 (demo fault timing, not secrets)
-        self.procs = {name: _spawn(broker, name) for name in SERVICES}
+def _chaos(tally: _Tally, stop: threading.Event) -> None:
+    """Kill crashy's program every ~20 s, freeze freezy's now and then (first ones early)."""
+    rng = random.Random()  # noqa: S311 (demo fault timing, not secrets)
+    now = time.monotonic()
+    next_crash, next_freeze = now + rng.uniform(6, 9), now + rng.uniform(3, 5)
+    while not stop.wait(0.1):
         now = time.monotonic()
-        self.next_crash = now + self.rng.uniform(8, 12)
-        self.next_freeze = now + self.rng.uniform(5, 8)
-        self.relaunch_at: float | None = None
-        self.frozen_until: float | None = None
-
-    def tick(self, now: float) -> None:
-        """Inject or undo whatever is due."""
-        if now >= self.next_crash:
-            self.tally.crashes += 1
-            self.feed.fault("crashy", "offline")
-            self.procs["crashy"].kill()
-            self.procs["crashy"].wait()
-            self.next_crash = now + self.rng.uniform(15, 25)
-            self.relaunch_at = now + 3.0
-        if self.relaunch_at is not None and now >= self.relaunch_at:
-            self.procs["crashy"] = _spawn(self.broker, "crashy")
-            self.tally.relaunches += 1
-            self.relaunch_at = None
-        if self.frozen_until is None and now >= self.next_freeze:
-            self.tally.hangs += 1
-            self.feed.fault("freezy", "hung")
-            os.kill(self.procs["freezy"].pid, signal.SIGSTOP)
-            self.frozen_until = now + self.rng.uniform(4, 6)
-        elif self.frozen_until is not None and now >= self.frozen_until:
-            os.kill(self.procs["freezy"].pid, signal.SIGCONT)
-            self.frozen_until = None
-            self.next_freeze = now + self.rng.uniform(12, 20)
-
-    def close(self) -> None:
-        """Kill every service process."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        for name, due in (("crashy", next_crash), ("freezy", next_freeze)):
+            if now < due:
+                continue
+            with tally.lock:
+                pid = tally.pids.pop(name, None)
+                if pid is not None:
+                    tally.injected[name] = now
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL if name == "crashy" else signal.SIGSTOP)
+            if name == "crashy":
+                next_crash = now + rng.uniform(17, 23)
+            else:
+                next_freeze = now + rng.uniform(15, 25)
 
 
 def run_demo(duration: float | None, console: Console | None = None) -> int:
-    """Run the demo; returns a process exit code."""
+    """Run the demo; returns a process exit code. Raises MosquittoMissing without mosquitto."""
     console = console or Console()
     tally = _Tally()
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    with tempfile.TemporaryDirectory(prefix="presence-demo-") as tmp:
-        broker = PrivateBroker(Path(tmp) / "broker", services=SERVICES).start()
+    logger.add(sys.stderr, level="ERROR")
+    with tempfile.TemporaryDirectory(prefix="presence-demo-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        broker = PrivateBroker(tmp / "broker", services=SERVICES).start()
         topics = Topics()
-        settings = Settings(
-            broker=broker.settings("monitor"),
-            monitor=MonitorSettings(ping_interval=0.5, pong_timeout=0.5, missed_pongs=2),
-            services=[ServiceSettings(name=n) for n in SERVICES],
-        )
-        console.print(
-            f"[bold]presence demo[/]: mosquitto on 127.0.0.1:{broker.port} (users and ACL in "
-            f"{tmp}), monitor pinging every 0.5 s; hung = 2 missed pongs.\n"
-            "  healthy: just runs.  crashy: killed (-9) every ~20 s, relaunched 3 s later.  "
-            "freezy: frozen (SIGSTOP) now and then.\nCtrl-C to stop.\n"
-        )
-        feed = _Feed(console, tally, topics)
-        watch = Connection(
+        monitor = Monitor(
+            Settings(
+                broker=broker.settings("monitor"),
+                monitor=MonitorSettings(ping_interval=0.5, pong_timeout=0.5, settle=0.0),
+                restart=RestartSettings(initial_delay=2.0, max_delay=10.0),
+                services=[
+                    ServiceSettings(name=n, action=AgentAction(type="agent")) for n in SERVICES
+                ],
+            )
+        ).start()
+        feed = Connection(
             broker.settings("dashboard"),
             client_id=cli_client_id("demo"),
-            handler=feed,
-            subscriptions=[(topics.events, 1)],
+            handler=_Feed(tally, topics),
+            subscriptions=[(topics.events, 1), *((topics.status(n), 1) for n in SERVICES)],
         )
-        watch.connect()
-        monitor = Monitor(settings).start()
-        chaos = _Chaos(broker, feed, tally)
+        feed.connect()
+        runners = [_runner(tmp, broker, name, free_port()) for name in SERVICES]
         stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        deadline = None if duration is None else time.monotonic() + duration
+        chaos = threading.Thread(target=_chaos, args=(tally, stop), daemon=True)
+        chaos.start()
+        if duration is not None:
+            threading.Timer(duration, stop.set).start()
+        console.print(
+            f"[bold]presence demo[/]: mosquitto on 127.0.0.1:{broker.port}, users and ACL in "
+            f"{tmp}; three HTTP services under `presence run`: healthy, crashy (killed every "
+            "~20 s), freezy (frozen now and then). Ctrl-C to stop.\n"
+        )
         try:
-            while not stop.wait(0.1):
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                chaos.tick(now)
+            watch = Settings(broker=BrokerSettings(**broker.settings("dashboard").model_dump()))
+            run_watch(watch, once=False, console=console, stop=stop)
         finally:
-            with feed.lock:
-                feed.muted = True  # the clean-up kills everything; that is not news
-            watch.close()
-            chaos.close()
+            stop.set()
+            feed.close()
+            for proc in runners:
+                proc.terminate()
+            for proc in runners:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             monitor.stop()
             broker.stop()
     _summary(console, tally)
@@ -212,15 +194,15 @@ def run_demo(duration: float | None, console: Console | None = None) -> int:
 
 
 def _summary(console: Console, tally: _Tally) -> None:
+    console.print()
     table = Table(title="demo summary", box=None)
     table.add_column("what")
     table.add_column("count / time", justify="right")
-    table.add_row("crashes injected (kill -9)", str(tally.crashes))
-    table.add_row("hangs injected (SIGSTOP)", str(tally.hangs))
-    table.add_row("relaunches", str(tally.relaunches))
-    for state, label in (("offline", "crash"), ("hung", "hang")):
-        samples = tally.detect[state]
-        if samples:
-            median = statistics.median(samples) * 1000
-            table.add_row(f"median {label} detection time", f"{median:.0f} ms")
+    table.add_row("crashes seen", str(tally.crashes))
+    table.add_row("hangs seen", str(tally.hangs))
+    table.add_row("restarts", str(tally.restarts))
+    for kind in ("crash", "hang"):
+        samples = tally.detect[kind]
+        median = f"{statistics.median(samples) * 1000:.0f} ms" if samples else "-"
+        table.add_row(f"median {kind} detection time", median)
     console.print(table)

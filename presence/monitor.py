@@ -22,9 +22,11 @@ from typing import Final
 
 from loguru import logger
 
+from presence._version import __version__
 from presence.actions import Outcome
 from presence.alerts import Alerter, Observation
 from presence.clock import Clock, Instant, SystemClock
+from presence.devices import Devices
 from presence.errors import BrokerUnreachable, PayloadError, PresenceError
 from presence.logs import BadPayloads
 from presence.mqtt import Connection, Disconnect, Message, WillMessage, fetch_retained
@@ -46,6 +48,8 @@ from presence.protocol import (
 from presence.recovery import Recoverer
 from presence.rounds import Round, Rounds
 from presence.settings import Settings
+from presence.surfaces import Surfaces
+from presence.tracker import Event as DetectionEvent
 from presence.tracker import (
     GraceExpired,
     Limits,
@@ -147,6 +151,12 @@ class Monitor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.exit_error: MonitorExit | None = None
+        self._received: float | None = None  # when the message being handled arrived (mono)
+        self._last_pong: dict[str, float] = {}
+        self._pressed: dict[str, float] = {}
+        self._devices = Devices(settings.services, self._publish)
+        self._surfaces = Surfaces(settings, self.topics, self._publish, __version__)
+        self._ha_button = f"{self.topics.prefix}/{MONITOR}/ha/"
         self._recovery = Recoverer(
             settings,
             self._services,
@@ -157,6 +167,9 @@ class Monitor:
             ),
             rand=rand or random.Random().random,  # noqa: S311 (jitter, not secrets)
             env=env,
+            publish_wait=self._publish_wait,
+            forget=self._forget,
+            observer=self._surfaces.action,
         )
         self._alerter = Alerter(settings.alerts, env=env)
         t = self.topics
@@ -170,6 +183,8 @@ class Monitor:
                 (t.monitor_ping, 0),
                 (t.wildcard("ack"), 1),
                 (t.monitor_cmd, 1),
+                *self._devices.subscriptions(),
+                *self._ha_subscriptions(),
             ],
             keep_retain_flag={t.monitor_cmd},
             persistent=True,
@@ -177,6 +192,12 @@ class Monitor:
             will=self._new_session,
             label="monitor",
         )
+
+    def _ha_subscriptions(self) -> list[tuple[str, int]]:
+        status = self._surfaces.ha_status_topic
+        if status is None:
+            return []
+        return [(status, 1), (f"{self._ha_button}+/restart", 0)]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -273,6 +294,7 @@ class Monitor:
 
     def _goodbye(self) -> None:
         self._recovery.close()
+        self._surfaces.close()
         self._alerter.close()
         # After losing to another monitor the status topic is theirs: leave it alone.
         if self._conn.connected and self.exit_error is None:
@@ -325,7 +347,11 @@ class Monitor:
             deadlines.append(round_at)
         if self._grace_at is not None:
             deadlines.append(self._grace_at)
-        for extra in (self._recovery.next_deadline(), self._alerter.next_deadline()):
+        for extra in (
+            self._recovery.next_deadline(),
+            self._alerter.next_deadline(),
+            self._devices.next_deadline(),
+        ):
             if extra is not None:
                 deadlines.append(extra)
         return min(deadlines)
@@ -343,6 +369,8 @@ class Monitor:
                 self._detect(name, GraceExpired(), now)
         self._recovery.on_timers(now)
         self._alerter.tick(now.mono)
+        for name, event in self._devices.on_timers(now, self._is_connected):
+            self._detect(name, event, now)
 
     def _send_round(self, now: Instant) -> None:
         self._conn.publish(self.topics.monitor_ping, encode(self._rounds.start(now)))
@@ -352,23 +380,31 @@ class Monitor:
             # Our own ping never came back: the broker or our link stalled, so silence from the
             # services proves nothing about them.
             logger.warning("ping round {} did not come back from the broker; not counted", rnd.seq)
+            self._surfaces.round_closed(False, {}, ())
             return
         answers = rnd.answers
         sent = rnd.sent.mono
         published = self._published
+        devices = self._devices.names
+        missed: list[str] = []
         for name, svc in list(self._services.items()):
-            if svc.connected:
+            if svc.connected and name not in devices:
                 answer = answers.get(name)
+                if answer is None and sent >= svc.online_mono:
+                    missed.append(name)
                 self._detect(name, RoundClosed(sent, answer), now)
                 verdict = published.get(name)
                 if answer is not None and verdict is not None and verdict.rtt_ms is None:
                     # The first round trip of a session: worth a verdict of its own.
                     self._commit(name, now)
+        self._surfaces.round_closed(True, answers, missed)
+        self._surfaces.publish_groups(self._services, published, all_groups=True)
 
     # -- inbound ---------------------------------------------------------------------------
 
     def _on_link(self, item: _Connected | Disconnect) -> None:
         now = self._clock.now()
+        self._surfaces.connected(isinstance(item, _Connected))
         if isinstance(item, _Connected):
             self._connected = True
             self._next_round = now.mono + self._interval
@@ -386,6 +422,7 @@ class Monitor:
                 started=self._started,
             )
             self._conn.publish(self.topics.monitor_status, encode(birth), 1, True)
+            self._surfaces.rediscover(self._services)
             return
         self._connected = False
         # Rounds in flight can no longer be judged: drop them unjudged.
@@ -398,7 +435,24 @@ class Monitor:
             return
         logger.warning("monitor lost the broker ({}); reconnecting", item.reason)
 
+    def _on_foreign(self, message: Message) -> bool:
+        """Device and Home Assistant topics; True if the message was one of those."""
+        if self._devices.routes(message.topic):
+            now = self._clock.now()
+            for name, event in self._devices.on_message(message, now):
+                self._detect(name, event, now)
+            return True
+        if message.topic.startswith(self._ha_button) or message.topic == (
+            self._surfaces.ha_status_topic
+        ):
+            self._on_homeassistant(message)
+            return True
+        return False
+
     def _on_message(self, message: Message) -> None:
+        self._received = message.received
+        if self._on_foreign(message):
+            return
         parts = self.topics.split(message.topic)
         if parts is None:
             return
@@ -421,6 +475,26 @@ class Monitor:
             if message.payload:  # an empty retained payload just clears a topic
                 self._bad.report(message.topic, exc)
 
+    def _on_homeassistant(self, message: Message) -> None:
+        if message.topic == self._surfaces.ha_status_topic:
+            if message.payload == b"online":
+                logger.info("Home Assistant came online; publishing discovery")
+                self._surfaces.rediscover(self._services)
+            return
+        name = message.topic[len(self._ha_button) :].split("/")[0]
+        now = self._clock.now()
+        if message.retained or name not in self._services:
+            return  # a retained press would restart on every reconnect
+        # A double click is one press.
+        if now.mono - self._pressed.get(name, float("-inf")) < 5.0:
+            return
+        self._pressed[name] = now.mono
+        self._recovery.press(name, now)
+
+    def _is_connected(self, name: str) -> bool:
+        svc = self._services.get(name)
+        return svc is not None and svc.connected
+
     def _on_pong(self, name: str, message: Message) -> None:
         svc = self._services.get(name)
         if svc is None:
@@ -429,6 +503,7 @@ class Monitor:
         rtt = self._rounds.answer(name, pong, message.received, svc.session)
         if rtt is not None:
             self._rtt[name] = round(rtt * 1000, 3)
+            self._last_pong[name] = message.received
 
     def _on_status(self, name: str, message: Message) -> None:
         status = parse_status(message.payload)
@@ -470,9 +545,7 @@ class Monitor:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def _detect(
-        self, name: str, event: StatusSeen | RoundClosed | GraceExpired, now: Instant
-    ) -> None:
+    def _detect(self, name: str, event: DetectionEvent, now: Instant) -> None:
         before = self._services[name]
         after, effects = step(before, event, now, self._limits)
         if after is before:
@@ -497,7 +570,9 @@ class Monitor:
         if old == verdict:
             return
         self._published[name] = verdict
+        self._surfaces.seen(name)
         before = old.state if old is not None else State.UNKNOWN.value
+        self._surfaces.verdict(name, before, verdict, self._latency(svc, now))
         if before == verdict.state:
             self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
             return
@@ -505,6 +580,8 @@ class Monitor:
         # The event first: whoever sees the new verdict has already been sent the event.
         self._publish_event(Event(round(now.wall, 3), name, before, verdict.state, verdict.reason))
         self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
+        if svc.group is not None:
+            self._surfaces.publish_groups(self._services, self._published, all_groups=False)
         self._alerter.observe(
             Observation(
                 service=name,
@@ -521,8 +598,39 @@ class Monitor:
             now.mono,
         )
 
+    def _latency(self, svc: Service, now: Instant) -> float | None:
+        """Detection latency for metrics: from the Will's arrival, or from the last pong."""
+        if svc.state == State.OFFLINE and svc.reason == "lost" and self._received is not None:
+            return now.mono - self._received
+        if svc.state in (State.HUNG, State.UNHEALTHY):
+            last = self._last_pong.get(svc.name)
+            return now.mono - last if last is not None else None
+        return None
+
+    def _forget(self, name: str) -> None:
+        """`presence forget NAME`: drop the service and clear what we published about it."""
+        svc = self._services.pop(name, None)
+        self._published.pop(name, None)
+        self._previous.pop(name, None)
+        self._rtt.pop(name, None)
+        self._last_pong.pop(name, None)
+        self._publish(self.topics.verdict(name), b"", 1, True)
+        # Its retained status would bring it back at the next start.
+        self._publish(self.topics.status(name), b"", 1, True)
+        self._surfaces.forget(name)
+        if svc is not None and svc.group is not None:
+            self._surfaces.publish_groups(self._services, self._published, all_groups=True)
+        logger.info("{}: forgotten", name)
+
     def _publish_event(self, event: Event) -> None:
         self._conn.publish(self.topics.events, encode(event), qos=1)
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._conn.publish(topic, payload, qos, retain)
+
+    def _publish_wait(
+        self, topic: str, payload: bytes, qos: int, retain: bool, timeout: float
+    ) -> bool:
+        """Publish from an action worker and wait for the broker (thread-safe)."""
+        delivery = self._conn.publish(topic, payload, qos, retain)
+        return True if qos == 0 else delivery.wait(timeout) and delivery.refusal is None

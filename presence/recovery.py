@@ -15,7 +15,7 @@ from typing import Final
 
 from loguru import logger
 
-from presence.actions import ActionRunner, Outcome, build_argv, placeholders
+from presence.actions import ActionRunner, Outcome, PublishWait, build_argv, placeholders
 from presence.clock import Instant
 from presence.commands import CommandGuard, new_command
 from presence.policy import (
@@ -37,7 +37,7 @@ from presence.verdicts import policy_from, restored_recovery
 __all__ = ["IDLE", "Recoverer"]
 
 IDLE: Final = Recovery()
-_OPERATOR_COMMANDS: Final = frozenset({"reset", "restart", "pause", "resume"})
+_OPERATOR_COMMANDS: Final = frozenset({"reset", "restart", "pause", "resume", "forget"})
 
 #: publish(topic, payload, qos, retain)
 Publish = Callable[[str, bytes, int, bool], object]
@@ -56,6 +56,9 @@ class Recoverer:
         action_done: Callable[[str, int, Outcome], None],
         rand: Callable[[], float],
         env: Mapping[str, str] | None = None,
+        publish_wait: PublishWait | None = None,
+        forget: Callable[[str], None] | None = None,
+        observer: Callable[..., None] | None = None,
     ) -> None:
         self._services = services
         self._topics = Topics(settings.topic_prefix)
@@ -74,7 +77,11 @@ class Recoverer:
         self._token_counter = itertools.count(1)
         self._acks: dict[str, tuple[str, int]] = {}
         self._guard = CommandGuard()
-        self._runner = ActionRunner(settings.monitor.max_parallel_actions, action_done, env=env)
+        self._forget = forget
+        self._observe = observer or (lambda *_args, **_kwargs: None)
+        self._runner = ActionRunner(
+            settings.monitor.max_parallel_actions, action_done, env=env, publish=publish_wait
+        )
 
     def policy(self, name: str) -> Policy:
         """The policy of `name` (discovered services: watch and alert only)."""
@@ -144,6 +151,7 @@ class Recoverer:
         values = placeholders(name, self._services[name].host, effect.cause)
         what = "manual restart" if effect.manual else f"restart attempt {effect.attempt}"
         logger.warning("{}: {} ({}) via {}", name, what, effect.cause, action.type)
+        self._observe(name, started=True)
         if isinstance(action, AgentAction):
             command = new_command(
                 "restart", now.wall, lifetime=action.timeout, service=name, reason=effect.cause
@@ -172,6 +180,7 @@ class Recoverer:
         if self._tokens.get(name) != token:
             return
         del self._tokens[name]
+        self._observe(name, ok=outcome.ok)
         log = logger.info if outcome.ok else logger.warning
         verb = "succeeded" if outcome.ok else "failed"
         log("{}: restart action {} in {} ms: {}", name, verb, outcome.duration_ms, outcome.detail)
@@ -214,7 +223,13 @@ class Recoverer:
             self._ack(command.id, ok=False, detail=refusal or "no service")
             return
         logger.info("command {}: {} {}", command.id, command.cmd, name)
-        self.feed(name, Command(command.cmd, self._services[name]), now)
+        if command.cmd == "forget":
+            self._tokens.pop(name, None)
+            self.records.pop(name, None)
+            if self._forget is not None:
+                self._forget(name)
+        else:
+            self.feed(name, Command(command.cmd, self._services[name]), now)
         self._ack(command.id, ok=True, detail=f"{command.cmd} {name}: done")
 
     def _refusal(self, cmd: str, name: str | None) -> str | None:
@@ -228,6 +243,14 @@ class Recoverer:
 
     def _ack(self, command_id: str, *, ok: bool, detail: str) -> None:
         self._publish(self._topics.monitor_ack, encode(Ack(command_id, ok, detail)), 1, False)
+
+    def press(self, name: str, now: Instant) -> None:
+        """Home Assistant's restart button for `name` was pressed."""
+        if name not in self._services or not self.policy(name).has_action:
+            logger.warning("restart button for {}: no restart action configured", name)
+            return
+        logger.info("{}: restart button pressed", name)
+        self.feed(name, Command("restart", self._services[name]), now)
 
     def close(self) -> None:
         """Stop the action pool (running actions finish in the background)."""

@@ -31,9 +31,12 @@ __all__ = [
     "DockerAction",
     "ExecAction",
     "ExecSink",
+    "HomeAssistantSettings",
     "HttpAction",
     "LogSettings",
+    "MetricsSettings",
     "MonitorSettings",
+    "MqttAction",
     "NoAction",
     "Pm2Action",
     "RestartSettings",
@@ -196,25 +199,25 @@ class SystemdAction(_Section):
     """`systemctl [--user] restart UNIT`."""
 
     type: Literal["systemd"]
-    unit: str = Field(min_length=1)
-    user: bool = False
-    timeout: float = Field(60.0, gt=0)
+    unit: str = Field(min_length=1, description="the unit to restart ({name} etc. allowed)")
+    user: bool = Field(False, description="a user unit (systemctl --user)")
+    timeout: float = Field(60.0, gt=0, description="killed after this many seconds")
 
 
 class DockerAction(_Section):
     """`docker restart CONTAINER`."""
 
     type: Literal["docker"]
-    container: str = Field(min_length=1)
-    timeout: float = Field(60.0, gt=0)
+    container: str = Field(min_length=1, description="container name or id")
+    timeout: float = Field(60.0, gt=0, description="killed after this many seconds")
 
 
 class Pm2Action(_Section):
     """`pm2 restart APP`."""
 
     type: Literal["pm2"]
-    app: str = Field(min_length=1)
-    timeout: float = Field(60.0, gt=0)
+    app: str = Field(min_length=1, description="pm2 app name or id")
+    timeout: float = Field(60.0, gt=0, description="killed after this many seconds")
 
 
 class HttpAction(_Section):
@@ -222,10 +225,12 @@ class HttpAction(_Section):
 
     type: Literal["http"]
     url: str = Field(pattern=r"^https?://", description="http:// or https:// URL")
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict)
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "POST", description="HTTP method"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
     body: Any = Field(None, description="JSON body")
-    timeout: float = Field(10.0, gt=0)
+    timeout: float = Field(10.0, gt=0, description="a 2xx must arrive within this")
 
 
 class AgentAction(_Section):
@@ -235,6 +240,22 @@ class AgentAction(_Section):
     timeout: float = Field(10.0, gt=0, description="how long to wait for the runner's ack")
 
 
+class MqttAction(_Section):
+    """Publish `payload` to `topic` (restart a device the way it expects, e.g. Tasmota's
+    `cmnd/<t>/Restart 1`). The monitor user needs write access to the topic (see mosquitto/acl)."""
+
+    type: Literal["mqtt"]
+    topic: str = Field(min_length=1, description="topic to publish to (no wildcards)")
+    payload: str = Field("", description="the message")
+    qos: Literal[0, 1] = Field(1, description="QoS of the publish (1: wait for the broker)")
+    retain: bool = Field(False, description="publish retained")
+
+    @field_validator("topic")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return _plain_topic(value)
+
+
 class NoAction(_Section):
     """Watch and alert only."""
 
@@ -242,9 +263,25 @@ class NoAction(_Section):
 
 
 Action = Annotated[
-    ExecAction | SystemdAction | DockerAction | Pm2Action | HttpAction | AgentAction | NoAction,
+    ExecAction
+    | SystemdAction
+    | DockerAction
+    | Pm2Action
+    | HttpAction
+    | AgentAction
+    | MqttAction
+    | NoAction,
     Field(discriminator="type"),
 ]
+
+
+def _plain_topic(value: str) -> str:
+    if not value or any(c in value for c in "+#\x00"):
+        raise ValueError(f"{value!r} must be a plain topic (no wildcards)")
+    return value
+
+
+Preset = Literal["tasmota", "esphome", "zigbee2mqtt"]
 
 
 class ServiceSettings(_Section):
@@ -255,11 +292,69 @@ class ServiceSettings(_Section):
     restart: dict[str, Any] | None = Field(
         None, description="overrides of the [restart] defaults for this service"
     )
+    # A device that already uses a Last Will in its own format (no agent, no pings):
+    preset: Preset | None = Field(
+        None, description="tasmota, esphome or zigbee2mqtt: fills in the topics below"
+    )
+    device: str | None = Field(
+        None, description="the preset's device topic / node / base topic (default: name)"
+    )
+    status_topic: str | None = Field(None, description="where the device publishes its LWT")
+    online_payload: str = Field("online", description="payload (or JSON value) meaning online")
+    offline_payload: str = Field("offline", description="payload (or JSON value) meaning offline")
+    state_json_key: str | None = Field(
+        None, description="read the state from this key of a JSON payload"
+    )
+    heartbeat_topic: str | None = Field(
+        None, description="any message here counts as alive (a dead man's switch)"
+    )
+    stale_after: float | None = Field(
+        None, gt=0, description="silence on heartbeat_topic this long means hung"
+    )
+    request_topic: str | None = Field(None, description="health check: publish a request here")
+    response_topic: str | None = Field(None, description="...and expect the answer here")
+    correlation_key: str = Field(
+        "transaction", description="the request field the device echoes back in its response"
+    )
+    check_interval: float = Field(30.0, gt=0, description="seconds between health checks")
+    check_timeout: float = Field(5.0, gt=0, description="a response later than this is missed")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_name(value)
+
+    @field_validator("status_topic", "heartbeat_topic", "request_topic", "response_topic")
+    @classmethod
+    def _topics(cls, value: str | None) -> str | None:
+        return None if value is None else _plain_topic(value)
+
+    @model_validator(mode="after")
+    def _device(self) -> ServiceSettings:
+        if self.preset is not None:
+            for key, value in _preset_values(self.preset, self.device or self.name).items():
+                if key == "action":
+                    if "action" not in self.model_fields_set:
+                        object.__setattr__(self, "action", value)
+                elif key not in self.model_fields_set:
+                    object.__setattr__(self, key, value)
+        if (self.request_topic is None) != (self.response_topic is None):
+            raise ValueError("request_topic and response_topic go together")
+        if self.stale_after is not None and self.heartbeat_topic is None:
+            raise ValueError("stale_after needs a heartbeat_topic")
+        if self.heartbeat_topic is not None and self.stale_after is None:
+            raise ValueError("heartbeat_topic needs stale_after")
+        watched = (self.heartbeat_topic, self.request_topic)
+        if self.status_topic is None and any(t is not None for t in watched):
+            raise ValueError("heartbeat and health-check topics need a status_topic")
+        if self.status_topic is not None and isinstance(self.action, AgentAction):
+            raise ValueError("a device has no presence run sidecar: the agent action needs one")
+        return self
+
+    @property
+    def is_device(self) -> bool:
+        """True for a device watched through its own topics rather than an agent."""
+        return self.status_topic is not None
 
     @field_validator("restart")
     @classmethod
@@ -269,6 +364,30 @@ class ServiceSettings(_Section):
             if unknown:
                 raise ValueError(f"unknown restart keys: {', '.join(sorted(unknown))}")
         return value
+
+
+def _preset_values(preset: Preset, device: str) -> dict[str, Any]:
+    """The topics and payloads of the formats seen most in the field."""
+    if preset == "tasmota":
+        return {
+            "status_topic": f"tele/{device}/LWT",
+            "online_payload": "Online",
+            "offline_payload": "Offline",
+            "heartbeat_topic": f"tele/{device}/STATE",
+            # TelePeriod defaults to 300 s: two missed reports mean hung.
+            "stale_after": 630.0,
+            "action": MqttAction(type="mqtt", topic=f"cmnd/{device}/Restart", payload="1"),
+        }
+    if preset == "esphome":
+        return {"status_topic": f"{device}/status"}
+    return {
+        "status_topic": f"{device}/bridge/state",
+        "state_json_key": "state",
+        "request_topic": f"{device}/bridge/request/health_check",
+        "response_topic": f"{device}/bridge/response/health_check",
+        "correlation_key": "transaction",
+        "action": MqttAction(type="mqtt", topic=f"{device}/bridge/request/restart", payload=""),
+    }
 
 
 AlertKind = Literal["down", "failed", "recovered", "restart"]
@@ -298,16 +417,18 @@ class WebhookSink(_Sink):
     """POST the alert as JSON, or as Slack-compatible {"text": ...}."""
 
     type: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://")
-    format: Literal["json", "slack"] = "json"
-    headers: dict[str, str] = Field(default_factory=dict)
+    url: str = Field(pattern=r"^https?://", description="where to POST")
+    format: Literal["json", "slack"] = Field(
+        "json", description='"json": the whole alert; "slack": {"text": ...}'
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
 
 
 class ExecSink(_Sink):
     """Run a program with the alert as JSON on stdin and PRESENCE_* environment variables."""
 
     type: Literal["exec"]
-    argv: list[str] = Field(min_length=1)
+    argv: list[str] = Field(min_length=1, description="program and arguments (no shell)")
 
 
 Sink = Annotated[WebhookSink | ExecSink, Field(discriminator="type")]
@@ -316,7 +437,9 @@ Sink = Annotated[WebhookSink | ExecSink, Field(discriminator="type")]
 class LogSettings(_Section):
     """Logging through loguru."""
 
-    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="least severe level logged"
+    )
     json_lines: bool = Field(False, alias="json", description="one JSON object per line")
     file: Path | None = Field(None, description="also log to this file")
     rotation: str = Field("10 MB", description="rotate the log file at this size or interval")
@@ -328,6 +451,25 @@ class LogSettings(_Section):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery: a connectivity sensor and a restart button per service."""
+
+    enabled: bool = Field(False, description="publish discovery configs")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's prefix")
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return validate_prefix(value)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (needs the `presence[metrics]` extra)."""
+
+    port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port")
+    host: str = Field("127.0.0.1", description="address to listen on")
 
 
 class Settings(BaseSettings):
@@ -345,7 +487,9 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     restart: RestartSettings = Field(default_factory=RestartSettings)
     services: list[ServiceSettings] = Field(default_factory=list)
-    alerts: list[Sink] = Field(default_factory=list)
+    alerts: list[Sink] = Field(default_factory=list, description="alert sinks")
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("topic_prefix")

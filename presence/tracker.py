@@ -23,6 +23,7 @@ __all__ = [
     "Limits",
     "RoundClosed",
     "Service",
+    "Silent",
     "State",
     "StateChanged",
     "StatusSeen",
@@ -131,7 +132,12 @@ class GraceExpired:
     """`startup_grace` has passed since the monitor started."""
 
 
-Event = StatusSeen | RoundClosed | GraceExpired
+@dataclass(frozen=True, slots=True)
+class Silent:
+    """A device's heartbeat topic has been silent for its `stale_after`: the dead man's switch."""
+
+
+Event = StatusSeen | RoundClosed | GraceExpired | Silent
 
 # ----------------------------------------------------------------------------------------------
 # effects
@@ -289,6 +295,10 @@ def step(
         return _on_status(svc, event.status, now)
     if isinstance(event, RoundClosed):
         return _on_round(svc, event, now, limits)
+    if isinstance(event, Silent):
+        if not svc.connected:
+            return svc, _NO_EFFECTS
+        return _move(svc, State.HUNG, "stale", now, missed=limits.missed_pongs)
     if svc.state == State.UNKNOWN:
         return _move(svc, State.OFFLINE, "missing", now)
     return svc, _NO_EFFECTS

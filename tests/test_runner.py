@@ -430,3 +430,27 @@ def test_log_file_gets_the_programs_output_with_rotation(
     assert "line 0000" in text
     assert "line 0399" in text
     assert "line 0399" in run.out.read_text()  # and passed through to our stdout
+
+
+def test_stop_and_start_commands(
+    broker: PrivateBroker, runs: Callable[..., Run], monitors: Monitors, watcher: Watcher
+) -> None:
+    """`stop`: the program is stopped on purpose (verdict stopped); `start`: a new incarnation."""
+    monitors.start()
+    runs("web", "--", PY, "-c", "import time; time.sleep(600)")
+    first = birth(watcher, "web", 1).pid
+    stop = new_command("stop", time.time(), service="web")
+    inbox = send(broker, "admin", "web", stop)
+    ok, detail = ack_of(inbox, stop.id) or (False, "no ack")
+    assert ok, detail
+    assert detail.startswith("stopped")
+    verdict, _ = watcher.wait_verdict("web", "stopped", timeout=5)
+    assert verdict.reason == "shutdown"
+    assert first is not None
+    assert not _alive(first)
+    start = new_command("start", time.time(), service="web")
+    inbox.conn.publish(TOPICS.cmd("web"), encode(start), qos=1).wait(3)  # type: ignore[attr-defined]
+    assert (ack_of(inbox, start.id) or (False, ""))[0]
+    assert birth(watcher, "web", 2).pid != first
+    watcher.wait_verdict("web", "online", timeout=5, where=lambda v: v.reason == "birth")
+    inbox.conn.close()  # type: ignore[attr-defined]

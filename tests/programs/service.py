@@ -32,6 +32,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--confirm-timeout", type=float, default=0.5)
     parser.add_argument("--pidfile", help="append our pid here (tests kill what it lists)")
     parser.add_argument("--crash-after", type=float, help="exit 1 this long after coming online")
+    parser.add_argument("--group", help="group name (routing tests)")
+    parser.add_argument("--load", type=float, help="report this load in every pong's detail")
     return parser.parse_args()
 
 
@@ -60,7 +62,10 @@ def run_threaded(args: argparse.Namespace, broker: BrokerSettings) -> int:
         broker,
         prefix=args.prefix,
         beat_timeout=args.beat_timeout,
-        health=_health(args.health),
+        health=(lambda: (True, {"load": args.load}))
+        if args.load is not None
+        else _health(args.health),
+        group=args.group,
         health_timeout=0.5,
         confirm_timeout=args.confirm_timeout,
         on_conflict=lambda _error: stop.set(),
