@@ -15,6 +15,7 @@ from presence.errors import (
     InvalidName,
     PayloadError,
     PresenceError,
+    TLSFailure,
 )
 from presence.settings import BrokerSettings, Settings, load_settings
 
@@ -33,6 +34,7 @@ __all__ = [
     "Phase",
     "PresenceError",
     "Settings",
+    "TLSFailure",
     "__version__",
     "load_settings",
 ]

@@ -160,10 +160,13 @@ class _HealthWorker:
 
 _instances: dict[str, int] = {}
 _instances_lock = threading.Lock()
+# Drawn once per process: reconnects reuse the id, other clients cannot guess it (an
+# authenticated user who knows a client id can knock that connection off the broker).
+_PROCESS_TOKEN: Final = secrets.token_hex(4)
 
 
 def _client_id(name: str, host: str, pid: int) -> str:
-    """Deterministic per process, so a reconnect takes over its own half-dead session at once.
+    """Stable for the process, so a reconnect takes over its own half-dead session at once.
 
     A second agent for the same name in one process gets a suffix: one client id shared by two
     connections would have them knock each other off forever.
@@ -172,7 +175,7 @@ def _client_id(name: str, host: str, pid: int) -> str:
         n = _instances.get(name, 0)
         _instances[name] = n + 1
     suffix = f"-{n}" if n else ""
-    return f"presence-{name}-{host[:24]}-{pid}{suffix}"
+    return f"presence-{name}-{host[:24]}-{pid}{suffix}-{_PROCESS_TOKEN}"
 
 
 class Agent:
@@ -224,6 +227,7 @@ class Agent:
         self._service_pid: int | None = None
         self._last_beat = time.monotonic()
         self._junk_healed = float("-inf")
+        self._junk_timer: threading.Timer | None = None
         self._bad = BadPayloads()
         self._answer_hook: Callable[[int, str], bool] | None = None
         self._health = (
@@ -303,8 +307,10 @@ class Agent:
                     "must let it write that topic",
                     birth.refusal,
                 )
+            failure = self._conn.failure
             raise BrokerUnreachable(
                 f"agent {self.name!r} could not come online via {self._conn.endpoint} in {wait} s"
+                + (f": {failure}" if failure is not None else "")
             )
         return self
 
@@ -479,11 +485,10 @@ class Agent:
         except PayloadError as exc:
             self._bad.report(message.topic, exc)
             # Junk (or an emptied retained message) now stands where our birth should be. Put
-            # the birth back, at most once a second so a junk flood is not amplified.
-            now = time.monotonic()
-            if self._echoed and self._phase == Phase.ONLINE and now - self._junk_healed > 1.0:
-                self._junk_healed = now
-                self._publish_current()
+            # it back: at once, or (within a second of the last repair, so a junk flood is not
+            # amplified) at the end of that second; never simply dropped.
+            if self._echoed and self._phase == Phase.ONLINE:
+                self._heal_junk()
             return
         heal = False
         winner: Status | None = None
@@ -515,6 +520,25 @@ class Agent:
         elif heal:
             logger.info("agent {}: status topic said otherwise; re-publishing birth", self.name)
             self._publish_current()
+
+    def _heal_junk(self) -> None:
+        with self._lock:
+            if self._junk_timer is not None:
+                return  # a repair is already due
+            wait = self._junk_healed + 1.0 - time.monotonic()
+            if wait > 0:
+                self._junk_timer = threading.Timer(wait, self._heal_junk_now)
+                self._junk_timer.daemon = True
+                self._junk_timer.start()
+                return
+            self._junk_healed = time.monotonic()
+        self._publish_current()
+
+    def _heal_junk_now(self) -> None:
+        with self._lock:
+            self._junk_timer = None
+            self._junk_healed = time.monotonic()
+        self._publish_current()
 
     def _after_echo(self, session: _Session) -> None:
         """Our birth is back from the broker (lock held)."""

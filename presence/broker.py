@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -31,6 +32,7 @@ __all__ = [
     "ROLE_USERS",
     "MosquittoMissing",
     "PrivateBroker",
+    "TLSFiles",
     "free_port",
     "hash_password",
     "render_acl",
@@ -49,7 +51,10 @@ DIRECTIVES: Final[dict[str, str]] = {
     # Above protocol.MAX_PAYLOAD plus topic and headers: nothing presence sends is larger, and
     # a bigger packet from anyone else is refused by the broker instead of being relayed.
     "max_packet_size": "131072",
-    "autosave_interval": "30",
+    # Save after every 100 changes (retained messages, subscriptions, queued messages), not
+    # every 30 min: a kill -9 of the broker then loses at most a moment of retained state.
+    "autosave_on_changes": "true",
+    "autosave_interval": "100",
 }
 #: Users with a role rather than a service behind them.
 ROLE_USERS: Final = ("monitor", "dashboard", "admin", "homeassistant")
@@ -159,8 +164,34 @@ def wait_listening(port: int, process: subprocess.Popen[Any], timeout: float) ->
     return True
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS listener: the CA that signs client certificates, the server's
+    certificate and its key. `require_certificate` makes clients present a certificate signed by
+    `cafile` (mutual TLS); password authentication stays on either way."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+
+    def listener_conf(self) -> str:
+        """The mosquitto.conf lines for the listener these files belong to (TLS 1.2 or newer)."""
+        require = "true" if self.require_certificate else "false"
+        return f"""cafile {self.cafile}
+certfile {self.certfile}
+keyfile {self.keyfile}
+tls_version tlsv1.2
+require_certificate {require}
+use_identity_as_username false
+"""
+
+
 class PrivateBroker:
-    """A mosquitto process on 127.0.0.1 with generated users, the shipped ACL and persistence."""
+    """A mosquitto process on 127.0.0.1 with generated users, the shipped ACL and persistence.
+
+    With `tls`, its only listener speaks TLS (no plain-text port is opened).
+    """
 
     def __init__(
         self,
@@ -172,6 +203,7 @@ class PrivateBroker:
         persistence: bool = True,
         monitor_topics: Sequence[str] = (),
         patterns: Sequence[str] = (),
+        tls: TLSFiles | None = None,
     ) -> None:
         if shutil.which("mosquitto") is None:
             raise MosquittoMissing
@@ -181,6 +213,7 @@ class PrivateBroker:
         self.persistence = persistence
         self.monitor_topics = list(monitor_topics)
         self.patterns = list(patterns)
+        self.tls = tls
         self.port = free_port()
         self.users: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -222,13 +255,15 @@ class PrivateBroker:
         if not self.persistence:
             directives["persistence"] = "false"
         body = "\n".join(f"{key} {value}" for key, value in directives.items())
+        # `tls_version` etc. belong to the listener above them: keep them right after it.
+        listener_tls = self.tls.listener_conf() if self.tls is not None else ""
         # Started as root, mosquitto drops to the `mosquitto` user, which cannot read our
         # private files: stay the user we are.
         self.conf_path.write_text(
             f"""user {getpass.getuser()}
 per_listener_settings false
 listener {self.port} 127.0.0.1
-password_file {passwd}
+{listener_tls}password_file {passwd}
 acl_file {acl}
 persistence_location {self.directory}/
 log_dest file {self.log_path}
@@ -326,7 +361,8 @@ connection_messages true
     # -- clients ---------------------------------------------------------------------------
 
     def settings(self, user: str, **overrides: Any) -> BrokerSettings:
-        """Broker settings for `user` (a role or a service name)."""
+        """Broker settings for `user` (a role or a service name); with a TLS broker, pass
+        `tls=TLSSettings(...)` (or a dict) in `overrides`."""
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": self.port,

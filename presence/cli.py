@@ -42,7 +42,7 @@ from presence.protocol import (
     parse_verdict,
     validate_name,
 )
-from presence.settings import Settings, load_settings
+from presence.settings import Settings, load_settings, parse_size
 
 __all__ = ["main"]
 
@@ -109,13 +109,29 @@ def cli() -> None:
 
 @cli.command()
 @_common
-def monitor(config: Path | None, log_json: bool, log_level: str | None) -> None:
+@click.option(
+    "--sd-notify",
+    is_flag=True,
+    help="Speak systemd's notify protocol: READY=1, and WATCHDOG=1 after each round that came "
+    "back (use with Type=notify and WatchdogSec).",
+)
+@click.option("--inject-fault", hidden=True, type=click.Choice(["network-thread"]))
+def monitor(
+    config: Path | None,
+    log_json: bool,
+    log_level: str | None,
+    sd_notify: bool,
+    inject_fault: str | None,
+) -> None:
     """Run the monitor until SIGINT/SIGTERM."""
     settings = _load(config, log_json, log_level)
     # Restart actions and exec alert sinks inherit our environment minus our own settings, so
     # the monitor's broker password never reaches them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-    mon = Monitor(settings, env=env)
+    notify = os.environ.get("NOTIFY_SOCKET") if sd_notify else None
+    if sd_notify and not notify:
+        logger.warning("--sd-notify given but NOTIFY_SOCKET is not set; not notifying")
+    mon = Monitor(settings, env=env, notify_socket=notify, inject_fault=inject_fault)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal {} received; stopping", signal.Signals(signum).name)
@@ -126,8 +142,7 @@ def monitor(config: Path | None, log_json: bool, log_level: str | None) -> None:
     try:
         mon.run()
     except MonitorExit as exc:
-        code = EXIT_DUPLICATE if "another monitor" in str(exc) else EXIT_BROKER
-        raise _Fail(str(exc), code) from exc
+        raise _Fail(str(exc), exc.code) from exc
 
 
 def _since(ts: float | None) -> str:
@@ -174,7 +189,10 @@ def _read_status(settings: Settings) -> tuple[Status | None, list[Verdict]]:
                 monitor_status = parse_status(message.payload)
             else:
                 verdict = parse_verdict(message.payload)
-                verdicts[verdict.service] = verdict
+                parts = topics.split(message.topic)
+                # The topic names the service; a payload claiming another name is not it.
+                if parts is not None and parts[0] == verdict.service:
+                    verdicts[verdict.service] = verdict
         except PayloadError as exc:
             logger.warning("ignoring malformed payload on {}: {}", message.topic, exc)
     return monitor_status, sorted(verdicts.values(), key=lambda v: v.service)
@@ -463,6 +481,7 @@ def run(
         if group is not None:
             validate_name(group)
         probe = parse_probe(probe_http, probe_tcp, probe_exec)
+        parse_size(log_rotation)
     except (PresenceError, ValueError) as exc:
         raise _Fail(str(exc), EXIT_CONFIG) from exc
     settings = _load(config, log_json, log_level)

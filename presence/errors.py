@@ -11,6 +11,7 @@ __all__ = [
     "InvalidName",
     "PayloadError",
     "PresenceError",
+    "TLSFailure",
 ]
 
 
@@ -36,6 +37,11 @@ class BrokerError(PresenceError):
 
 class BrokerUnreachable(BrokerError):
     """No TCP/TLS connection to the broker could be made in time."""
+
+
+class TLSFailure(BrokerUnreachable):
+    """The TLS handshake with the broker failed (CA, host name, client certificate): retrying
+    with the same files cannot help."""
 
 
 class ConnectionRefused(BrokerError):

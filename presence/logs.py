@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Final
 
 from loguru import logger
 
-from presence.settings import LogSettings
+from presence.settings import LogSettings, parse_size
 
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["BadPayloads", "setup_logging"]
+__all__ = ["BadPayloads", "RotatingFile", "parse_size", "setup_logging"]
 
 _HUMAN: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
@@ -42,18 +44,91 @@ def setup_logging(settings: LogSettings) -> None:
     )
     if settings.file is not None:
         logger.add(
-            settings.file,
+            RotatingFile(settings.file, parse_size(settings.rotation), settings.retention),
             filter=_ours,
             level=settings.level,
             serialize=settings.json_lines,
             format=_HUMAN,
-            rotation=settings.rotation,
-            retention=settings.retention,
+            colorize=False,
             enqueue=True,  # a slow or full disk must not stall the monitor loop
-            catch=True,  # a failing sink reports to stderr instead of raising into our code
             backtrace=False,
             diagnose=False,
         )
+
+
+class RotatingFile:
+    """A log file sink: rotates at `max_bytes`, keeps `keep` old files, and never raises.
+
+    When the disk is full (or the file cannot be written at all) the message is dropped and the
+    failure reported on stderr at most once a minute with a count: a full disk must not stop
+    the monitor, nor turn every log line into an error report of its own.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, keep: int, every: float = 60.0) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._every = every
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        self._size = 0
+        self._dropped = 0
+        self._reported = float("-inf")
+
+    def write(self, message: str) -> None:
+        """Write one formatted record (loguru calls this)."""
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = self.path.open("a", encoding="utf-8")
+                    self._size = self._file.tell()
+                if self._size and self._size + len(message) > self.max_bytes:
+                    self._rotate()
+                    self._file = self.path.open("a", encoding="utf-8")
+                    self._size = 0
+                self._file.write(message)
+                self._file.flush()
+                self._size += len(message)
+            except OSError as exc:
+                self._failed(exc)
+
+    def _rotate(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for index in range(self.keep, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if index == self.keep:
+                older.unlink(missing_ok=True)
+            elif older.exists():
+                older.rename(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.path.exists() and not self.path.is_char_device():
+            self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+
+    def _failed(self, exc: OSError) -> None:
+        self._dropped += 1
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None  # reopen next time: the disk may have room again
+        now = time.monotonic()
+        if now - self._reported >= self._every:
+            self._reported = now
+            dropped, self._dropped = self._dropped, 0
+            print(
+                f"presence: cannot write log file {self.path}: {exc.strerror or exc} "
+                f"({dropped} message(s) dropped; reported at most once a minute)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def stop(self) -> None:
+        """Close the file (loguru calls this when the sink is removed)."""
+        with self._lock:
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
 
 class BadPayloads:

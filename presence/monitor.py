@@ -27,7 +27,7 @@ from presence.actions import Outcome
 from presence.alerts import Alerter, Observation
 from presence.clock import Clock, Instant, SystemClock
 from presence.devices import Devices
-from presence.errors import BrokerUnreachable, PayloadError, PresenceError
+from presence.errors import BrokerUnreachable, PayloadError, PresenceError, TLSFailure
 from presence.logs import BadPayloads
 from presence.mqtt import Connection, Disconnect, Message, WillMessage, fetch_retained
 from presence.policy import (
@@ -47,6 +47,7 @@ from presence.protocol import (
 )
 from presence.recovery import Recoverer
 from presence.rounds import Round, Rounds
+from presence.selfcheck import Notifier, SelfCheck
 from presence.settings import Settings
 from presence.surfaces import Surfaces
 from presence.tracker import Event as DetectionEvent
@@ -70,7 +71,14 @@ _IDLE: Final = Recovery()
 
 
 class MonitorExit(PresenceError):
-    """The monitor cannot go on (another monitor took over, broker refused us...)."""
+    """The monitor cannot go on (another monitor took over, broker refused us...).
+
+    `code` is the process exit code the CLI uses: 3 broker, 4 another monitor, 5 self-check.
+    """
+
+    def __init__(self, message: str, code: int = 3) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,8 @@ class Monitor:
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         rand: Callable[[], float] | None = None,
+        notify_socket: str | None = None,
+        inject_fault: str | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
@@ -152,6 +162,15 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self.exit_error: MonitorExit | None = None
         self._received: float | None = None  # when the message being handled arrived (mono)
+        self._selfcheck = SelfCheck(
+            rounds=settings.monitor.self_check_rounds,
+            silent_limit=max(4.0 * settings.broker.keepalive, 3 * self._interval),
+        )
+        self._notifier = Notifier(notify_socket)
+        self._seen_own_round = False
+        self._heal_due: float | None = None
+        self._healed = float("-inf")
+        self._inject = inject_fault
         self._last_pong: dict[str, float] = {}
         self._pressed: dict[str, float] = {}
         self._devices = Devices(settings.services, self._publish)
@@ -170,6 +189,7 @@ class Monitor:
             publish_wait=self._publish_wait,
             forget=self._forget,
             observer=self._surfaces.action,
+            started=self._started,
         )
         self._alerter = Alerter(settings.alerts, env=env)
         t = self.topics
@@ -207,9 +227,9 @@ class Monitor:
         self._load_previous()
         try:
             self._conn.connect()
+        except TLSFailure as exc:
+            raise MonitorExit(str(exc)) from exc  # a TLS failure will not heal by waiting
         except BrokerUnreachable as exc:
-            if self.settings.broker.tls is not None:
-                raise MonitorExit(str(exc)) from exc  # a TLS failure will not heal by waiting
             logger.warning("{}; will keep trying", exc)
             self._conn.start()
         except PresenceError as exc:
@@ -237,7 +257,7 @@ class Monitor:
         try:
             retained = fetch_retained(
                 self.settings.broker,
-                [self.topics.verdicts],
+                [self.topics.verdicts, self._recovery.executed_topic],
                 client_id=f"{self.settings.monitor_client_id}-sync",
                 label="monitor-sync",
             )
@@ -247,6 +267,9 @@ class Monitor:
         except PresenceError as exc:
             raise MonitorExit(str(exc)) from exc
         for message in retained:
+            if message.topic == self._recovery.executed_topic:
+                self._recovery.remember_executed(message.payload)
+                continue
             parts = self.topics.split(message.topic)
             if parts is None or not message.payload:
                 continue
@@ -293,6 +316,8 @@ class Monitor:
         return WillMessage(self.topics.monitor_status, encode(will), qos=1, retain=True)
 
     def _goodbye(self) -> None:
+        self._notifier.stopping()
+        self._notifier.close()
         self._recovery.close()
         self._surfaces.close()
         self._alerter.close()
@@ -317,26 +342,41 @@ class Monitor:
         while not self._stopping.is_set():
             now = self._clock.now()
             self._on_timers(now)
+            if self.exit_error is not None:
+                raise self.exit_error
             wait = max(0.0, self._next_deadline(now) - now.mono)
             try:
-                item = inbox.get(timeout=wait)
+                item: _Inbound | None = inbox.get(timeout=wait)
             except queue.Empty:
                 continue
-            for _ in range(_BATCH):
-                if isinstance(item, Message):
-                    self._on_message(item)
-                elif isinstance(item, _ActionDone):
-                    self._on_action_done(item)
-                elif isinstance(item, _Stop):
+            # A batch at most, then the timers get a look in: a flood must not starve the
+            # rounds. Only fetch what we handle: the rest stays queued, in order.
+            handled = 0
+            while item is not None:
+                if isinstance(item, _Stop):
                     return
-                else:
-                    self._on_link(item)
+                self._handle(item)
                 if self.exit_error is not None:
                     raise self.exit_error
+                handled += 1
+                if handled >= _BATCH:
+                    break
                 try:
                     item = inbox.get_nowait()
                 except queue.Empty:
-                    break
+                    item = None
+
+    def _handle(self, item: Message | _Connected | Disconnect | _ActionDone) -> None:
+        try:
+            if isinstance(item, Message):
+                self._on_message(item)
+            elif isinstance(item, _ActionDone):
+                self._on_action_done(item)
+            else:
+                self._on_link(item)
+        except Exception:  # noqa: BLE001 (one bad input must not stop watching everyone)
+            what = item.topic if isinstance(item, Message) else type(item).__name__
+            logger.opt(exception=True).error("internal error handling {}; carrying on", what)
 
     def _next_deadline(self, now: Instant) -> float:
         deadlines = [now.mono + 1.0]
@@ -348,6 +388,7 @@ class Monitor:
         if self._grace_at is not None:
             deadlines.append(self._grace_at)
         for extra in (
+            self._heal_due,
             self._recovery.next_deadline(),
             self._alerter.next_deadline(),
             self._devices.next_deadline(),
@@ -357,7 +398,7 @@ class Monitor:
         return min(deadlines)
 
     def _on_timers(self, now: Instant) -> None:
-        for rnd in self._rounds.due(now):
+        for rnd in self._rounds.due(now, self._caught_up):
             self._close_round(rnd, now)
         if self._connected and now.mono >= self._next_round:
             self._send_round(now)
@@ -369,17 +410,30 @@ class Monitor:
                 self._detect(name, GraceExpired(), now)
         self._recovery.on_timers(now)
         self._alerter.tick(now.mono)
+        if self._heal_due is not None and now.mono >= self._heal_due:
+            self._heal_due = None
+            self._healed = now.mono
+            logger.info("the monitor's status topic did not show our birth; republishing it")
+            self._publish_birth()
         for name, event in self._devices.on_timers(now, self._is_connected):
             self._detect(name, event, now)
 
+    def _caught_up(self, deadline: float) -> bool:
+        """Whether everything received before `deadline` (mono) has been handled."""
+        return self._inbox.empty() or (self._received is not None and self._received > deadline)
+
     def _send_round(self, now: Instant) -> None:
-        self._conn.publish(self.topics.monitor_ping, encode(self._rounds.start(now)))
+        ping = self._rounds.start(now)
+        self._conn.publish(self.topics.monitor_ping, encode(ping))
 
     def _close_round(self, rnd: Round, now: Instant) -> None:
+        self._check_self(rnd, now)
         if not rnd.echoed:
             # Our own ping never came back: the broker or our link stalled, so silence from the
-            # services proves nothing about them.
+            # services proves nothing about them. A stalled broker also disconnects healthy
+            # clients when it resumes (their Wills fire): hold restarts as after a reconnect.
             logger.warning("ping round {} did not come back from the broker; not counted", rnd.seq)
+            self._recovery.hold(now.mono + self.settings.monitor.settle)
             self._surfaces.round_closed(False, {}, ())
             return
         answers = rnd.answers
@@ -400,6 +454,27 @@ class Monitor:
         self._surfaces.round_closed(True, answers, missed)
         self._surfaces.publish_groups(self._services, published, all_groups=True)
 
+    def _check_self(self, rnd: Round, now: Instant) -> None:
+        """Our own ping is our proof of sight: exit when we have gone blind."""
+        alive = self._conn.network_alive
+        why = self._selfcheck.closed(
+            echoed=rnd.echoed, orphaned=rnd.orphaned, network_alive=alive, now=now.mono
+        )
+        if why is not None:
+            logger.error("self-check failed: {}; exiting so the supervisor restarts us", why)
+            offline = Status("offline", self._session, self._session_since, reason="self_check")
+            self._conn.publish(self.topics.monitor_status, encode(offline), 1, True)
+            self.exit_error = MonitorExit(f"self-check failed: {why}", code=5)
+            return
+        if rnd.echoed:
+            if not self._seen_own_round:
+                self._seen_own_round = True
+                self._notifier.ready()
+                if self._inject == "network-thread":
+                    logger.warning("fault injection: breaking the MQTT network thread")
+                    self._conn.break_network_thread()
+            self._notifier.watchdog()
+
     # -- inbound ---------------------------------------------------------------------------
 
     def _on_link(self, item: _Connected | Disconnect) -> None:
@@ -407,21 +482,14 @@ class Monitor:
         self._surfaces.connected(isinstance(item, _Connected))
         if isinstance(item, _Connected):
             self._connected = True
+            self._selfcheck.reset()
             self._next_round = now.mono + self._interval
             # Give every service the chance to re-announce itself before restarting anything:
             # after a broker restart all Wills fire, though the services come back by
             # themselves within seconds.
             self._recovery.hold(now.mono + self.settings.monitor.settle)
             logger.info("monitor connected (session present: {})", item.session_present)
-            birth = Status(
-                "online",
-                self._session,
-                self._session_since,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                started=self._started,
-            )
-            self._conn.publish(self.topics.monitor_status, encode(birth), 1, True)
+            self._publish_birth()
             self._surfaces.rediscover(self._services)
             return
         self._connected = False
@@ -430,7 +498,8 @@ class Monitor:
         if item.taken_over:
             self.exit_error = MonitorExit(
                 f"another monitor connected with client id {self.settings.monitor_client_id!r}; "
-                "two monitors on one id would knock each other off forever, so this one exits"
+                "two monitors on one id would knock each other off forever, so this one exits",
+                code=4,
             )
             return
         logger.warning("monitor lost the broker ({}); reconnecting", item.reason)
@@ -525,20 +594,50 @@ class Monitor:
         self._recovery.detected(name, svc, now)
 
     def _on_monitor_status(self, message: Message) -> None:
-        status = parse_status(message.payload)
+        try:
+            status = parse_status(message.payload)
+        except PayloadError as exc:
+            if message.payload:
+                self._bad.report(message.topic, exc)
+            self._heal_own_status()  # junk, or emptied: dashboards would think we are gone
+            return
         if status.state != "online" or status.session in self._own_sessions:
+            if status.state != "online" or status.session != self._session:
+                # Someone's offline (a late Will of ours, another monitor's goodbye) or an old
+                # birth of ours now stands for the live monitor: put our birth back.
+                self._heal_own_status()
             return
         # Another monitor's birth, from a process started after ours: it is running now, on
         # our prefix (and usually our client id, so the broker keeps kicking one of us off).
         # The newcomer stays, as an MQTT session takeover would have it; we leave. An older
         # monitor's birth may be a stale leftover; if that monitor lives, it sees ours and goes.
         started = status.started if status.started is not None else status.since
-        if (started, status.session) > (self._started, self._session):
+        if (started, status.session) <= (self._started, self._session):
+            self._heal_own_status()  # an older monitor's birth (stale, or it will give way)
+        else:
             self.exit_error = MonitorExit(
                 f"another monitor (host {status.host}, pid {status.pid}) started on this "
                 "broker and prefix; this one exits (stop the other, or give one of them "
-                "another topic_prefix and client_id)"
+                "another topic_prefix and client_id)",
+                code=4,
             )
+
+    def _heal_own_status(self) -> None:
+        """Republish our birth, at most once a second (a flood is not amplified)."""
+        if self._connected and self.exit_error is None:
+            now = self._clock.now().mono
+            self._heal_due = max(now, self._healed + 1.0)
+
+    def _publish_birth(self) -> None:
+        birth = Status(
+            "online",
+            self._session,
+            self._session_since,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=self._started,
+        )
+        self._conn.publish(self.topics.monitor_status, encode(birth), 1, True)
 
     def _on_action_done(self, item: _ActionDone) -> None:
         self._recovery.finish(item.name, item.token, item.outcome, self._clock.now())

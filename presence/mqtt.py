@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
+import re
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -28,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from presence.errors import BrokerError, BrokerUnreachable, ConnectionRefused
+from presence.errors import BrokerError, BrokerUnreachable, ConnectionRefused, TLSFailure
 from presence.protocol import MAX_PAYLOAD
 from presence.settings import BrokerSettings
 
@@ -147,6 +150,32 @@ def _reason_text(rc: ReasonCode | int | None) -> str:
     return paho.error_string(rc)
 
 
+_HOSTNAME_MISMATCH: Final = frozenset({62, 64})  # X509_V_ERR_HOSTNAME/IP_ADDRESS_MISMATCH
+
+
+def _tls_problem(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in words (ssl's `reason` alone is only
+    CERTIFICATE_VERIFY_FAILED for a wrong CA and a host name mismatch alike)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = f"certificate verify failed: {exc.verify_message}"
+        if exc.verify_code in _HOSTNAME_MISMATCH:
+            return (
+                f"{detail} (the broker's certificate does not name the host we connect to; "
+                "connect by a name it carries, or set broker.tls.insecure to skip this check)"
+            )
+        return f"{detail} (is broker.tls.ca the CA that signed the broker's certificate?)"
+    return _with_hint(str(exc.reason or exc))
+
+
+def _with_hint(reason: str) -> str:
+    """An OpenSSL reason (e.g. TLSV13_ALERT_CERTIFICATE_REQUIRED) with what to do about it."""
+    if "CERTIFICATE_REQUIRED" in reason:
+        return f"{reason} (the broker requires a client certificate: set broker.tls.cert and key)"
+    if reason.endswith(("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")):
+        return f"{reason} (the broker did not accept our client certificate)"
+    return reason
+
+
 def _reason_value(rc: ReasonCode | int | None) -> int:
     if isinstance(rc, ReasonCode):
         return int(rc.value)
@@ -159,6 +188,23 @@ _counter = itertools.count()
 def cli_client_id(role: str) -> str:
     """A client id that never collides with a monitor or agent (one-shot CLI commands, tests)."""
     return f"presence-{role}-{socket.gethostname()[:24]}-{os.getpid()}-{next(_counter)}"
+
+
+class _SocketErrors(logging.Logger):
+    """paho's logger for one connection: keeps its ERROR lines (the only place paho says why a
+    socket broke, e.g. the TLS 1.3 alert "certificate required" a broker sends after the
+    handshake completed on our side). Not registered with `logging`: it dies with its client.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(f"presence.paho.{connection.client_id}", logging.ERROR)
+        self.propagate = False
+        self._connection = connection
+
+    def handle(self, record: logging.LogRecord) -> None:
+        """Called for records at ERROR and above only; the message is formatted here."""
+        with contextlib.suppress(Exception):
+            self._connection.note_socket_error(record.getMessage())
 
 
 class Connection:
@@ -207,6 +253,9 @@ class Connection:
         # mid -> reason for QoS 1 publishes the broker refused (bounded, oldest dropped).
         self._refusals: dict[int, str] = {}
         self._fail_logged = 0.0
+        # Why the last attempt failed before a CONNACK (TLS errors included), for messages.
+        self._failure: BrokerUnreachable | None = None
+        self._socket_error: str | None = None  # paho's last "failed to receive" text
         self.client_id = client_id
 
         client = self._client = self._make_client(broker, client_id, persistent)
@@ -224,6 +273,9 @@ class Connection:
         client.on_message = _guard(f"{label}.on_message")(self._on_message)
         client.on_subscribe = _guard(f"{label}.on_subscribe")(self._on_subscribe)
         client.on_publish = _guard(f"{label}.on_publish")(self._on_publish)
+        # paho formats a debug line for every packet when `on_log` is set (~20 us each with
+        # MQTT 5 properties); a standard logger formats lazily, so only errors cost anything.
+        client.enable_logger(_SocketErrors(self))
 
     def _make_client(self, broker: BrokerSettings, client_id: str, persistent: bool) -> paho.Client:
         """The paho client with our protocol, credentials, TLS and limits."""
@@ -239,9 +291,9 @@ class Connection:
         )
         client.connect_timeout = broker.connect_timeout
         client.reconnect_delay_set(1, broker.reconnect_max)
-        # paho's default of 65555 queued outgoing messages is fine; inflight 20 throttles
-        # the monitor's verdict bursts for no benefit on a LAN broker.
-        client.max_inflight_messages_set(1000)
+        # paho's default of 20 in flight throttles the monitor's verdict bursts; far more makes
+        # every PUBACK cost a walk over all of them (paho's _update_inflight).
+        client.max_inflight_messages_set(100)
         if broker.username is not None:
             password = broker.password.get_secret_value() if broker.password else None
             client.username_pw_set(broker.username, password)
@@ -283,24 +335,32 @@ class Connection:
         timeout = self._broker.connect_timeout if timeout is None else timeout
         try:
             self._client.connect(**self._connect_args())
-        except ssl.SSLError as exc:
-            raise BrokerUnreachable(
-                f"TLS handshake with {self.endpoint} failed: {exc.reason or exc}"
-            ) from exc
         except (OSError, ValueError) as exc:
-            raise BrokerUnreachable(
-                f"cannot reach the MQTT broker at {self.endpoint}: {exc}"
-            ) from exc
+            raise self._describe(exc) from exc
         self._client.loop_start()
         if not self._answered.wait(timeout):
             self.close()
             raise BrokerUnreachable(
                 f"the MQTT broker at {self.endpoint} did not answer in {timeout} s"
             )
+        if self._failure is not None and self._refusal is None and not self.connected:
+            failure = self._failure
+            self.close()
+            raise failure
         if self._refusal is not None:
             refusal = self._refusal
             self.close()
             raise refusal
+
+    def _describe(self, exc: BaseException) -> BrokerUnreachable:
+        if isinstance(exc, ssl.SSLError):
+            return TLSFailure(f"TLS handshake with {self.endpoint} failed: {_tls_problem(exc)}")
+        return BrokerUnreachable(f"cannot reach the MQTT broker at {self.endpoint}: {exc}")
+
+    @property
+    def failure(self) -> BrokerUnreachable | None:
+        """Why the last connection attempt failed before the broker answered, if it did."""
+        return self._failure
 
     def start(self) -> None:
         """Connect in the background, retrying until it works (or `close()`)."""
@@ -315,6 +375,21 @@ class Connection:
     def connected(self) -> bool:
         """Whether the last CONNACK accepted us and no disconnect followed."""
         return self._connected.is_set()
+
+    @property
+    def network_alive(self) -> bool:
+        """Whether paho's network thread still runs (an exception in it ends it silently)."""
+        thread = self._client._thread
+        return thread is not None and thread.is_alive()
+
+    def break_network_thread(self) -> None:
+        """Fault injection for tests: the next socket read raises inside paho's thread, which
+        dies exactly as it would from an unexpected packet (the socket stays open)."""
+
+        def boom() -> MQTTErrorCode:
+            raise RuntimeError("injected fault: paho's network thread dies here")
+
+        self._client._packet_read = boom  # type: ignore[method-assign]
 
     @property
     def refusal(self) -> ConnectionRefused | None:
@@ -412,6 +487,8 @@ class Connection:
             self._answered.set()
             return
         self._refusal = None
+        self._failure = None
+        self._socket_error = None
         with self._lock:
             self._is_up = True
             if self._subscriptions:
@@ -423,12 +500,43 @@ class Connection:
             self._handler.on_connected(bool(flags.session_present))
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:`: the exception is still current.
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            self._failure = self._describe(exc)
         now = time.monotonic()
         if now - self._fail_logged > 30:  # one line per 30 s while the broker is away
             self._fail_logged = now
             logger.warning(
-                "{}: cannot reach the MQTT broker at {}; retrying", self._label, self.endpoint
+                "{}: {}; retrying",
+                self._label,
+                self._failure or f"cannot reach the MQTT broker at {self.endpoint}",
             )
+
+    def note_socket_error(self, text: str) -> None:
+        """paho said why a socket broke (see `_SocketErrors`)."""
+        prefix = "failed to receive on socket: "
+        if text.startswith(prefix):
+            self._socket_error = text[len(prefix) :]
+
+    def _closed_early(self) -> BrokerUnreachable:
+        """The error for a connection the broker closed before its CONNACK."""
+        detail, self._socket_error = self._socket_error, None
+        what = f"the MQTT broker at {self.endpoint} closed the connection before answering"
+        if detail:
+            what += f": {detail}"
+        tls = self._broker.tls
+        if tls is None:
+            return BrokerUnreachable(f"{what} (does this port expect TLS? see broker.tls)")
+        alert = re.search(r"\[SSL: (\w+)\]", detail or "")
+        if alert is not None:  # the broker said why: no retry will change that
+            return TLSFailure(f"{what}: {_with_hint(alert.group(1))}")
+        if tls.cert is None:  # the alert may be lost in a TCP reset: say what is likely
+            return BrokerUnreachable(
+                f"{what} (does the broker require a client certificate? "
+                "set broker.tls.cert and broker.tls.key)"
+            )
+        return BrokerUnreachable(f"{what} (did the broker refuse our client certificate?)")
 
     def _on_disconnect(
         self,
@@ -443,6 +551,9 @@ class Connection:
             was_up, self._is_up = self._is_up, False
         self._connected.clear()
         if not was_up:
+            if self._refusal is None:  # closed before a CONNACK: connect() need not wait on
+                self._failure = self._closed_early()
+                self._answered.set()
             return
         info = Disconnect(_reason_text(reason), _reason_value(reason) == _TAKEN_OVER)
         logger.debug("{}: disconnected ({})", self._label, info.reason)

@@ -45,6 +45,8 @@ _NAME_RE: Final = re.compile(NAME_PATTERN)
 MONITOR: Final = "_monitor"
 #: Larger payloads are refused before parsing; the shipped broker config caps messages too.
 MAX_PAYLOAD: Final = 64 * 1024
+#: Deeper JSON is refused (free-form details are copied into what we publish).
+MAX_DEPTH: Final = 32
 _MAX_TEXT: Final = 256
 _MAX_INT: Final = 2**63 - 1
 _T = TypeVar("_T")
@@ -289,10 +291,14 @@ class Command:
     expires: float
     service: str | None = None
     reason: str | None = None
+    #: When it was sent (unix time): a receiver refuses what was sent before it started.
+    issued: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire form."""
         out: dict[str, Any] = {"id": self.id, "cmd": self.cmd, "expires": self.expires}
+        if self.issued is not None:
+            out["issued"] = self.issued
         if self.service is not None:
             out["service"] = self.service
         if self.reason is not None:
@@ -329,6 +335,30 @@ def _reject_constant(name: str) -> Any:
     raise PayloadError(f"{name} is not valid JSON here")
 
 
+def _finite_float(text: str) -> float:
+    # json turns 1e999 into inf without asking parse_constant; inf cannot be encoded again.
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _decode(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
@@ -336,7 +366,7 @@ def _decode(payload: bytes) -> dict[str, Any]:
         raise PayloadError("empty payload")
     try:
         text = payload.decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except PayloadError:
         raise
     except UnicodeDecodeError as exc:
@@ -348,6 +378,11 @@ def _decode(payload: bytes) -> dict[str, Any]:
         raise PayloadError(f"payload is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"payload must be a JSON object, not {type(data).__name__}")
+    # Free-form parts (a pong's detail, a verdict's extras) are copied into what we publish:
+    # keep them well within what can be encoded again on any stack.
+    nested = any(type(value) in (dict, list) for value in data.values())
+    if nested and _depth(data) > MAX_DEPTH:
+        raise PayloadError(f"payload is nested deeper than {MAX_DEPTH} levels")
     return data
 
 
@@ -495,6 +530,7 @@ def parse_command(payload: bytes) -> Command:
         expires=_req(data, "expires", _as_num),
         service=_opt(data, "service", _as_name),
         reason=_opt(data, "reason", _as_str),
+        issued=_opt(data, "issued", _as_num),
     )
 
 

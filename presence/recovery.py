@@ -17,7 +17,14 @@ from loguru import logger
 
 from presence.actions import ActionRunner, Outcome, PublishWait, build_argv, placeholders
 from presence.clock import Instant
-from presence.commands import CommandGuard, new_command
+from presence.commands import (
+    CommandGuard,
+    command_id_of,
+    new_command,
+    parse_executed,
+    sent_retained,
+)
+from presence.errors import PayloadError
 from presence.policy import (
     ActionFinished,
     Command,
@@ -29,7 +36,16 @@ from presence.policy import (
     Tick,
 )
 from presence.policy import step as recover
-from presence.protocol import Ack, Event, Topics, Verdict, encode, parse_ack, parse_command
+from presence.protocol import (
+    MONITOR,
+    Ack,
+    Event,
+    Topics,
+    Verdict,
+    encode,
+    parse_ack,
+    parse_command,
+)
 from presence.settings import Action, AgentAction, NoAction, Settings
 from presence.tracker import Service
 from presence.verdicts import policy_from, restored_recovery
@@ -59,6 +75,7 @@ class Recoverer:
         publish_wait: PublishWait | None = None,
         forget: Callable[[str], None] | None = None,
         observer: Callable[..., None] | None = None,
+        started: float | None = None,
     ) -> None:
         self._services = services
         self._topics = Topics(settings.topic_prefix)
@@ -76,7 +93,9 @@ class Recoverer:
         self._tokens: dict[str, int] = {}
         self._token_counter = itertools.count(1)
         self._acks: dict[str, tuple[str, int]] = {}
-        self._guard = CommandGuard()
+        self._guard = CommandGuard(started)
+        self._broker = settings.broker
+        self._executed_topic = f"{self._topics.prefix}/{MONITOR}/executed"
         self._forget = forget
         self._observe = observer or (lambda *_args, **_kwargs: None)
         self._runner = ActionRunner(
@@ -91,9 +110,19 @@ class Recoverer:
         """The current recovery record of `name`."""
         return self.records.get(name, IDLE)
 
+    @property
+    def executed_topic(self) -> str:
+        """Where the ids of executed operator commands are kept (retained)."""
+        return self._executed_topic
+
+    def remember_executed(self, payload: bytes) -> None:
+        """A predecessor's record of executed command ids (read at start)."""
+        self._guard.remember(parse_executed(payload))
+
     def hold(self, until: float) -> None:
-        """Start no attempt before `until` (mono): the settle period after a (re)connect."""
-        self._hold_until = until
+        """Start no attempt before `until` (mono): the settle period after a (re)connect or a
+        stall of the broker. Holds only ever extend."""
+        self._hold_until = max(self._hold_until, until)
 
     def restore(self, name: str, previous: Verdict, now: Instant) -> None:
         """Take over what a predecessor monitor's verdict says about `name`'s recovery."""
@@ -213,16 +242,28 @@ class Recoverer:
 
     def on_command(self, payload: bytes, retained: bool, now: Instant) -> None:
         """An operator command on `P/_monitor/cmd`; answered on `P/_monitor/ack`."""
-        command = parse_command(payload)
+        try:
+            command = parse_command(payload)
+        except PayloadError as exc:
+            command_id = command_id_of(payload)
+            if command_id is not None:  # malformed, but its sender is waiting for an answer
+                self._ack(command_id, ok=False, detail=f"malformed command: {exc}")
+            raise
         refusal = self._refusal(command.cmd, command.service)
         # Only a command we are going to run is remembered as executed.
         refusal = refusal or self._guard.check(command, retained=retained, now=now.wall)
+        if refusal is None and sent_retained(self._broker, self._topics.monitor_cmd, payload):
+            self._publish(self._topics.monitor_cmd, b"", 1, True)  # clear it: never again
+            refusal = "refusing a retained command (it would run again on every reconnect)"
         name = command.service
         if refusal is not None or name is None:
             logger.warning("refused command {} ({}): {}", command.id, command.cmd, refusal)
             self._ack(command.id, ok=False, detail=refusal or "no service")
             return
         logger.info("command {}: {} {}", command.id, command.cmd, name)
+        # Remembered on the broker too: a successor monitor refuses a replay of it.
+        executed = {"ids": self._guard.executed(now.wall)}
+        self._publish(self._executed_topic, encode(executed), 1, True)
         if command.cmd == "forget":
             self._tokens.pop(name, None)
             self.records.pop(name, None)

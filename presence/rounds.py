@@ -8,6 +8,7 @@ the monitor's link stalled, the round is void and its silence proves nothing.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from presence.clock import Instant
@@ -25,6 +26,9 @@ class Round:
     sent: Instant
     answers: dict[str, Answer] = field(default_factory=dict)
     echoed: bool = False
+    #: A pong to this round came before our own ping did: the broker delivers our echo before
+    #: any answer to it, so our echo is lost (a broken subscription), not merely late.
+    orphaned: bool = False
 
 
 class Rounds:
@@ -58,18 +62,31 @@ class Rounds:
         It counts when it answers an open round, within `pong_timeout`, from `session`.
         """
         rnd = self._by_seq.get(pong.seq)
-        if rnd is None or pong.session != session:
-            return None  # late, someone else's targeted ping, or a session we do not believe
+        if rnd is None:
+            return None  # late, or an answer to someone else's targeted ping
+        if not rnd.echoed:
+            rnd.orphaned = True
+        if pong.session != session:
+            return None  # a session we do not (or no longer) believe in
         delay = received - rnd.sent.mono
         if delay > self._timeout:
             return None
         rnd.answers[name] = Answer(pong.ok, dict(pong.detail) if pong.detail is not None else None)
         return max(delay, 0.0)
 
-    def due(self, now: Instant) -> list[Round]:
-        """Close and return the rounds whose deadline has passed."""
+    def due(self, now: Instant, caught_up: Callable[[float], bool] = lambda _: True) -> list[Round]:
+        """Close and return the rounds whose deadline has passed.
+
+        `caught_up(deadline)` says whether every message received before `deadline` has been
+        handled: a round waits for its answers still queued behind a burst rather than
+        calling them missing.
+        """
         closed = []
-        while self._open and self._open[0].sent.mono + self._timeout <= now.mono:
+        while (
+            self._open
+            and self._open[0].sent.mono + self._timeout <= now.mono
+            and caught_up(self._open[0].sent.mono + self._timeout)
+        ):
             rnd = self._open.popleft()
             del self._by_seq[rnd.seq]
             closed.append(rnd)

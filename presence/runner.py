@@ -30,14 +30,15 @@ from typing import IO, Any, Final
 from loguru import logger
 
 from presence.agent import Agent
-from presence.commands import CommandGuard
+from presence.commands import CommandGuard, command_id_of, sent_retained
 from presence.errors import PayloadError
+from presence.logs import RotatingFile
 from presence.mqtt import Message
 from presence.policy import ActionFinished, Context, Detected, Recovery, StartAction, Tick
 from presence.policy import step as recover
 from presence.probes import Probe, Prober
 from presence.protocol import Ack, Topics, encode, parse_command, validate_name
-from presence.settings import NoAction, Settings
+from presence.settings import NoAction, Settings, parse_size
 from presence.tracker import Service, State
 from presence.verdicts import policy_from
 
@@ -142,7 +143,7 @@ class Runner:
         self._after_exit: tuple[str, str] | None = None  # (command, id) to finish on exit
         self._kill_at: float | None = None
         self._pumps: list[threading.Thread] = []
-        self._guard = CommandGuard()
+        self._guard = CommandGuard(started=time.time())
         self._timers: list[tuple[float, str]] = []
         self._rec = Recovery()
         self._svc = Service(name=options.name)
@@ -160,6 +161,7 @@ class Runner:
         if broker.username is None:
             # The ACL gives every service a user named like the service.
             broker = broker.model_copy(update={"username": options.name})
+        self._broker = broker
         self.agent = Agent(
             validate_name(options.name),
             broker,
@@ -344,13 +346,11 @@ class Runner:
         if path is None:
             return None
         return logger.add(
-            path,
+            RotatingFile(path, parse_size(self.options.log_rotation), self.options.log_retention),
             format="{message}",
             filter=lambda record: "child_stream" in record["extra"],
-            rotation=self.options.log_rotation,
-            retention=self.options.log_retention,
+            colorize=False,
             enqueue=True,
-            catch=True,
         )
 
     def _send(self, signum: int) -> None:
@@ -442,9 +442,15 @@ class Runner:
             command = parse_command(message.payload)
         except PayloadError as exc:
             logger.warning("ignoring malformed command: {}", exc)
+            command_id = command_id_of(message.payload)
+            if command_id is not None:  # its sender is waiting for an answer
+                self._ack(command_id, ok=False, detail=f"malformed command: {exc}")
             return
         refusal = None if command.cmd in _RUNNER_COMMANDS else f"unknown command {command.cmd!r}"
         refusal = refusal or self._guard.check(command, retained=message.retained, now=time.time())
+        topic = self._topics.cmd(self.options.name)
+        if refusal is None and sent_retained(self._broker, topic, message.payload):
+            refusal = "refusing a retained command (it would run again on every reconnect)"
         if refusal is not None:
             logger.warning("refused command {} ({}): {}", command.id, command.cmd, refusal)
             self._ack(command.id, ok=False, detail=refusal)

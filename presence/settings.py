@@ -6,6 +6,8 @@ CLI reads the environment. Invalid configuration fails at start-up with the fiel
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -50,6 +52,19 @@ __all__ = [
 ]
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """'10 MB', '500 KB', '4096' -> bytes; ValueError naming the accepted forms."""
+    match = _SIZE.fullmatch(text)
+    unit = (match.group(2) or "b").lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size such as '10 MB', '500 KB' or '4096'")
+    return max(1, int(float(match.group(1)) * _UNITS[unit]))
+
+
 class _Section(BaseModel):
     # Typos in a config file are bugs, not forward compatibility: name them at start-up.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -85,8 +100,8 @@ class BrokerSettings(_Section):
     )
     client_id: str | None = Field(
         None,
-        description="the monitor's fixed client id (default: '<prefix>-monitor'); "
-        "agents and CLI commands always use their own",
+        description="the monitor's fixed client id (default: '<prefix>-monitor-' + a hash of "
+        "its credentials, so other users cannot guess it); agents and CLI commands use their own",
     )
     keepalive: int = Field(10, ge=2, le=3600, description="MQTT keepalive, seconds")
     tls: TLSSettings | None = Field(None, description="TLS settings; absent means plain TCP")
@@ -148,6 +163,17 @@ class MonitorSettings(_Section):
         description="after (re)connecting, hold restarts this long so services can re-announce",
     )
     max_parallel_actions: int = Field(4, ge=1, description="restart actions running at once")
+    self_check_rounds: int = Field(
+        3,
+        ge=0,
+        description="exit (for the supervisor to restart us) after this many of our own ping "
+        "rounds did not come back while other traffic did; 0 disables the self-check",
+    )
+    resync_interval: float = Field(
+        300.0,
+        ge=0,
+        description="re-read every retained status this often, to heal a lost Will (0: never)",
+    )
 
 
 Reason = Literal["lost", "missing", "hung", "unhealthy", "exited", "shutdown"]
@@ -442,7 +468,7 @@ class LogSettings(_Section):
     )
     json_lines: bool = Field(False, alias="json", description="one JSON object per line")
     file: Path | None = Field(None, description="also log to this file")
-    rotation: str = Field("10 MB", description="rotate the log file at this size or interval")
+    rotation: str = Field("10 MB", description="rotate the log file at this size")
     retention: int = Field(5, ge=1, description="rotated log files to keep")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -451,6 +477,12 @@ class LogSettings(_Section):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("rotation")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
 
 
 class HomeAssistantSettings(_Section):
@@ -524,8 +556,19 @@ class Settings(BaseSettings):
 
     @property
     def monitor_client_id(self) -> str:
-        """The monitor's fixed client id (persistent session)."""
-        return self.broker.client_id or f"{self.topic_prefix.replace('/', '-')}-monitor"
+        """The monitor's fixed client id (persistent session).
+
+        Derived from the monitor's credentials when not configured: stable across restarts (so
+        the broker keeps its session), but not guessable by other users, who could otherwise
+        knock the monitor off the broker by connecting with its id.
+        """
+        if self.broker.client_id:
+            return self.broker.client_id
+        base = f"{self.topic_prefix.replace('/', '-')}-monitor"
+        if self.broker.password is None:
+            return base
+        secret = f"{self.broker.username}:{self.broker.password.get_secret_value()}"
+        return f"{base}-{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,16 @@ from tests.helpers import Monitors, ServiceProcess, Watcher
 
 #: Service users every test broker knows (each is also an MQTT user, as in production).
 SERVICES = ("alpha", "beta", "gamma", "delta", "sensor-gw", "web", "worker-1", "worker-2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _enough_file_descriptors() -> None:
+    """Raise our soft descriptor limit to the hard one: brokers we start inherit it, and the
+    mass-failure test holds thousands of connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,8 +69,10 @@ def spawn(broker: PrivateBroker) -> Iterator[Callable[..., ServiceProcess]]:
     """Start tests/programs/service.py processes; all are killed at teardown."""
     started: list[ServiceProcess] = []
 
-    def _spawn(name: str, *args: str, user: str | None = None) -> ServiceProcess:
-        proc = ServiceProcess(broker, name, *args, user=user)
+    def _spawn(
+        name: str, *args: str, user: str | None = None, port: int | None = None
+    ) -> ServiceProcess:
+        proc = ServiceProcess(broker, name, *args, user=user, port=port)
         started.append(proc)
         return proc
 

@@ -36,7 +36,7 @@ FAST: dict[str, Any] = {
     "ping_interval": 0.2,
     "pong_timeout": 0.2,
     "missed_pongs": 2,
-    "startup_grace": 1.0,
+    "startup_grace": 3.0,
 }
 
 
@@ -144,7 +144,14 @@ class Watcher:
 class ServiceProcess:
     """tests/programs/service.py running as a real child process."""
 
-    def __init__(self, broker: PrivateBroker, name: str, *args: str, user: str | None = None):
+    def __init__(
+        self,
+        broker: PrivateBroker,
+        name: str,
+        *args: str,
+        user: str | None = None,
+        port: int | None = None,
+    ):
         self.name = name
         cmd = [
             sys.executable,
@@ -153,7 +160,7 @@ class ServiceProcess:
             "--name",
             name,
             "--port",
-            str(broker.port),
+            str(port or broker.port),
             f"--password={broker.users[user or name]}",
             *args,
         ]

@@ -104,6 +104,10 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert out.detail == "timed out after 1 s; killed"
     assert time.monotonic() - started < 10
     for pid in map(int, pids.read_text().split()):
+        # SIGKILL is delivered asynchronously: give a loaded machine a moment to act on it.
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert not _alive(pid), pid
 
 

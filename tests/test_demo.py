@@ -33,7 +33,10 @@ def test_demo_runs_detects_faults_and_cleans_up() -> None:
     assert count("crashes seen") >= 1
     assert count("hangs seen") >= 1
     assert count("restarts") >= 2
-    assert re.search(r"median crash detection time\s+\d+ ms", out)
+    # A fault injected before its target's pid was known is not timed: at least one kind is.
+    medians = re.findall(r"median (crash|hang) detection time\s+(\d+ ms|-)", out)
+    assert len(medians) == 2, out[-1000:]
+    assert any(value != "-" for _, value in medians), medians
     tmp = re.search(r"users and ACL in\s+(\S+);", out)
     assert tmp, out[:500]
     leftovers = subprocess.run(["pgrep", "-f", tmp.group(1)], capture_output=True, check=False)

@@ -85,12 +85,17 @@ class Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
+            # A complete HTTP/1.1 answer: a bare HTTP/1.0 close can reach the client as a
+            # reset, which it rightly retries (alerts are delivered at least once).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with hook.cond:
                     hook.received.append(json.loads(body))
                     hook.cond.notify_all()
                 self.send_response(204)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:

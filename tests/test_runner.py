@@ -371,8 +371,10 @@ def test_the_monitors_agent_action_restarts_a_crashed_child(
         "    open(flag, 'w').close(); time.sleep(1); sys.exit(1)\n"
         "time.sleep(600)\n"
     )
-    monitors.start(monitor={"settle": 0}, services=[{"name": "web", "action": {"type": "agent"}}])
+    # The runner first: the monitor must not find it `missing` (and restart it) at start-up.
     runs("web", "--", PY, "-c", code)
+    birth(watcher, "web", 1)
+    monitors.start(monitor={"settle": 0}, services=[{"name": "web", "action": {"type": "agent"}}])
     watcher.wait_verdict("web", "online")
     watcher.wait_verdict("web", "restarting", timeout=15)
     verdict, _ = watcher.wait_verdict("web", "online", timeout=15, where=lambda v: v.restarts == 1)
@@ -424,7 +426,7 @@ def test_log_file_gets_the_programs_output_with_rotation(
     watcher.wait(lambda m: m.topic == TOPICS.status("web") and b'"exited"' in m.payload, 15)
     run.proc.send_signal(signal.SIGTERM)
     run.wait()
-    files = sorted(tmp_path.glob("web*.log"))
+    files = sorted(tmp_path.glob("web.log*"))
     assert len(files) > 1  # rotated
     text = "".join(f.read_text() for f in files)
     assert "line 0000" in text

@@ -56,7 +56,10 @@ name = "sensor-gw"
     assert s.broker.password.get_secret_value() == "from-env"
     assert (s.monitor.ping_interval, s.monitor.missed_pongs) == (0.5, 3)
     assert [svc.name for svc in s.services] == ["sensor-gw"]
-    assert s.monitor_client_id == "site1-presence-monitor"
+    # Derived from the credentials: stable, but not guessable by other users.
+    assert s.monitor_client_id.startswith("site1-presence-monitor-")
+    assert len(s.monitor_client_id) == len("site1-presence-monitor-") + 12
+    assert "from-env" not in s.monitor_client_id
 
 
 def test_password_file_is_read_once(tmp_path: Path) -> None:

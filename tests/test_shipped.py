@@ -88,6 +88,7 @@ def test_public_api_is_pinned() -> None:
             "Phase",
             "PresenceError",
             "Settings",
+            "TLSFailure",
             "__version__",
             "load_settings",
         ]

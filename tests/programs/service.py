@@ -34,6 +34,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--crash-after", type=float, help="exit 1 this long after coming online")
     parser.add_argument("--group", help="group name (routing tests)")
     parser.add_argument("--load", type=float, help="report this load in every pong's detail")
+    parser.add_argument("--keepalive", type=int, default=5)
     return parser.parse_args()
 
 
@@ -119,7 +120,7 @@ def main() -> int:
         port=args.port,
         username=args.user or args.name,
         password=args.password,
-        keepalive=5,
+        keepalive=args.keepalive,
         reconnect_max=1,
     )
     if args.mode == "asyncio":
