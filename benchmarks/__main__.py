@@ -1,6 +1,6 @@
 """`python -m benchmarks`: measure presence against its floors, write a Markdown report.
 
-    python -m benchmarks                  # the full run (about 9-10 minutes on 2 cores)
+    python -m benchmarks                  # the full run (about 9.5 minutes on 2 cores)
     python -m benchmarks --quick          # a smoke run of about a minute and a half
     python -m benchmarks --only crash,hang --repeat 30 --out /tmp/bench.md
 

@@ -50,10 +50,10 @@ class Config:
     capacity_sizes: tuple[int, ...] = (1000, 5000, 10000, 20000)
     capacity_window: float = 60.0
     capacity_slow: int = 20000  # the size run again at ping_interval = 2 s
-    floor_window: float = 8.0
+    floor_window: float = 6.0
     will_clients: int = 5000
     c_messages: int = 200_000
-    footprint_window: float = 30.0
+    footprint_window: float = 20.0
     footprint_services: tuple[int, int] = (100, 1000)
     #: Capacity: go on to larger sizes even after the monitor failed to hold a smaller one.
     all_sizes: bool = False
@@ -107,6 +107,7 @@ class Summary:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
+        values = [v for v in values if not math.isnan(v)]  # a sample that was not measured
         if not values:
             return cls(0, math.nan, math.nan, math.nan, math.nan)
         return cls(
@@ -616,12 +617,9 @@ class MosquittoSubFeed(Feed):
         self.proc.wait()
 
 
-def is_verdict(
-    name: str, state: str, session: str | None = None, other: str | None = None
+def _is_state(
+    topic: str, state: str, session: str | None, other: str | None
 ) -> Callable[[Seen], bool]:
-    """A matcher for `name`'s verdict in `state` (for session `session`, or not `other`)."""
-    topic = f"presence/_monitor/services/{name}"
-
     def match(item: Seen) -> bool:
         d = item.data
         return (
@@ -633,25 +631,20 @@ def is_verdict(
         )
 
     return match
+
+
+def is_verdict(
+    name: str, state: str, session: str | None = None, other: str | None = None
+) -> Callable[[Seen], bool]:
+    """A matcher for `name`'s verdict in `state` (for session `session`, or not `other`)."""
+    return _is_state(f"presence/_monitor/services/{name}", state, session, other)
 
 
 def is_status(
     name: str, state: str, session: str | None = None, other: str | None = None
 ) -> Callable[[Seen], bool]:
-    """A matcher for `name`'s status topic saying `state`."""
-    topic = f"presence/{name}/status"
-
-    def match(item: Seen) -> bool:
-        d = item.data
-        return (
-            item.topic == topic
-            and d is not None
-            and d.get("state") == state
-            and (session is None or d.get("session") == session)
-            and (other is None or d.get("session") != other)
-        )
-
-    return match
+    """A matcher for `name`'s status topic saying `state` (same session rules)."""
+    return _is_state(f"presence/{name}/status", state, session, other)
 
 
 def wait_monitor_online(feed: Feed, pid: int, timeout: float = 30.0) -> None:
@@ -722,7 +715,7 @@ class Observer:
         self, client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any
     ) -> None:
         topics = [
-            ("presence/_monitor/services/+", 0),
+            ("presence/_monitor/services/+", 1),  # QoS 0 may be dropped in a burst
             ("presence/_monitor/events", 1),
             ("presence/_monitor/status", 1),
             *((f"{p}/_monitor/ping", 0) for p in self._prefixes),

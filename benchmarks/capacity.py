@@ -46,7 +46,7 @@ from benchmarks._common import (
 from presence.broker import PrivateBroker
 
 FLOOR_ACL = ["topic readwrite floor/#"]
-_STALLED = 15.0  # settling gives up when the online count has not grown for this long
+_STALLED = 30.0  # settling gives up when the online count has not grown for this long
 _SAMPLES_PER_SWARM = 50
 
 
@@ -240,7 +240,7 @@ def _grow(
 def _settle(window: Window, observer: Observer, monitor: Supervised, names: list[str]) -> None:
     """Wait until the monitor has every service online; give up when that stops progressing."""
     started = time.monotonic()
-    deadline = started + min(60.0, 30 + len(names) / 400)
+    deadline = started + min(45.0, 30 + len(names) / 400)
     best, best_at = -1, started
     while time.monotonic() < deadline:
         why = monitor.restart_if_gone()

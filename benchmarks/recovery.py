@@ -146,8 +146,10 @@ def _recover(
     online = feed.wait_for(is_verdict(name, "online", new_session), 30, mark)
     if online is None:
         raise TimeoutError(f"recovery {index}: the new session never became online")
-    # The action's own stamp: the first one written after the verdict that triggered it.
-    action = min((t for t in _stamps(stamps) if t >= offline.t - 0.001), default=float("nan"))
+    # The action's own stamp: the first one written after the kill (the floor's runs never
+    # overlap a presence sample). It may precede the verdict's arrival at mosquitto_sub: the
+    # monitor publishes the verdict, then starts the action, and the two race to be seen.
+    action = min((t for t in _stamps(stamps) if t >= killed), default=float("nan"))
     rows["will"].append(will.t - killed)
     rows["offline"].append(offline.t - killed)
     rows["restarting"].append(restarting.t - offline.t)

@@ -176,6 +176,7 @@ class Monitor:
         self._devices = Devices(settings.services, self._publish)
         self._surfaces = Surfaces(settings, self.topics, self._publish, __version__)
         self._ha_button = f"{self.topics.prefix}/{MONITOR}/ha/"
+        self._head = f"{self.topics.prefix}/"  # `P/<name>/pong`: the name starts after it
         self._recovery = Recoverer(
             settings,
             self._services,
@@ -520,7 +521,7 @@ class Monitor:
 
     def _on_message(self, message: Message) -> None:
         self._received = message.received
-        if self._on_foreign(message):
+        if self._on_known_pong(message) or self._on_foreign(message):
             return
         parts = self.topics.split(message.topic)
         if parts is None:
@@ -535,7 +536,7 @@ class Monitor:
                 else:
                     self._on_status(name, message)
             elif leaf == "ping" and name == MONITOR:
-                self._rounds.echo(parse_ping(message.payload).seq)
+                self._rounds.echo(parse_ping(message.payload).seq, message.received)
             elif leaf == "ack" and name != MONITOR:
                 self._recovery.on_ack(message.payload, self._clock.now())
             elif leaf == "cmd" and name == MONITOR:
@@ -543,6 +544,24 @@ class Monitor:
         except PayloadError as exc:
             if message.payload:  # an empty retained payload just clears a topic
                 self._bad.report(message.topic, exc)
+
+    def _on_known_pong(self, message: Message) -> bool:
+        """The hot path, one message per service per round: a pong from a service we track.
+
+        Its name was validated when we first saw it, so the full topic split is not needed.
+        """
+        topic = message.topic
+        if not (topic.endswith("/pong") and topic.startswith(self._head)):
+            return False
+        name = topic[len(self._head) : -5]
+        if name not in self._services or self._devices.routes(topic):
+            return False
+        try:
+            self._on_pong(name, message)
+        except PayloadError as exc:
+            if message.payload:  # as below: an empty payload only clears a topic
+                self._bad.report(topic, exc)
+        return True
 
     def _on_homeassistant(self, message: Message) -> None:
         if message.topic == self._surfaces.ha_status_topic:

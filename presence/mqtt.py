@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from presence import _speedups
 from presence.errors import BrokerError, BrokerUnreachable, ConnectionRefused, TLSFailure
 from presence.protocol import MAX_PAYLOAD
 from presence.settings import BrokerSettings
@@ -294,6 +295,7 @@ class Connection:
         # paho's default of 20 in flight throttles the monitor's verdict bursts; far more makes
         # every PUBACK cost a walk over all of them (paho's _update_inflight).
         client.max_inflight_messages_set(100)
+        _speedups.install(client, _guard(f"{self._label}.on_message")(self._deliver), self._v5)
         if broker.username is not None:
             password = broker.password.get_secret_value() if broker.password else None
             client.username_pw_set(broker.username, password)
@@ -571,6 +573,11 @@ class Connection:
             return
         handler.on_message(Message(topic, bytes(msg.payload), bool(msg.retain), time.monotonic()))
 
+    def _deliver(self, topic: str, payload: bytes, retained: bool, received: float) -> None:
+        """Where `_speedups` delivers a lean PUBLISH (guarded like every paho callback)."""
+        if self._handler is not None:
+            self._handler.on_message(Message(topic, payload, retained, received))
+
     def _on_publish(
         self,
         client: paho.Client,
@@ -644,6 +651,11 @@ class Inbox:
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+    def wait_disconnected(self, count: int, timeout: float) -> bool:
+        """Wait until at least `count` disconnects were recorded."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.disconnects) >= count, timeout)
 
     def snapshot(self) -> list[Message]:
         """A copy of everything received so far."""

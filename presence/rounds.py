@@ -3,6 +3,11 @@
 No I/O here: the monitor publishes the pings this hands out and feeds back what it receives.
 A round counts only if the monitor's own broadcast came back to it (`echoed`); if the broker or
 the monitor's link stalled, the round is void and its silence proves nothing.
+
+A pong's `pong_timeout` runs from when our own copy of the ping came back, not from when we
+sent it: when the monitor itself falls behind (a burst of births after a mass restart), its
+echo and every pong wait in the same socket, and the services should not pay for our backlog.
+The round trip reported is still measured from the send.
 """
 
 from __future__ import annotations
@@ -25,10 +30,16 @@ class Round:
     seq: int
     sent: Instant
     answers: dict[str, Answer] = field(default_factory=dict)
-    echoed: bool = False
+    #: When our own ping came back (mono, as stamped on receipt); the pongs' clock starts here.
+    echoed_at: float | None = None
     #: A pong to this round came before our own ping did: the broker delivers our echo before
     #: any answer to it, so our echo is lost (a broken subscription), not merely late.
     orphaned: bool = False
+
+    @property
+    def echoed(self) -> bool:
+        """Our own ping came back: the round counts."""
+        return self.echoed_at is not None
 
 
 class Rounds:
@@ -50,11 +61,16 @@ class Rounds:
         self._by_seq[rnd.seq] = rnd
         return Ping(rnd.seq, round(now.wall, 3))
 
-    def echo(self, seq: int) -> None:
-        """Our own broadcast came back from the broker."""
+    def echo(self, seq: int, received: float) -> None:
+        """Our own broadcast came back from the broker (`received`: mono, at receipt)."""
         rnd = self._by_seq.get(seq)
-        if rnd is not None:
-            rnd.echoed = True
+        if rnd is not None and not rnd.echoed:
+            rnd.echoed_at = max(received, rnd.sent.mono)
+
+    def _deadline(self, rnd: Round) -> float:
+        """When `rnd` closes: `pong_timeout` after its echo (after the send while none came)."""
+        start = rnd.echoed_at if rnd.echoed_at is not None else rnd.sent.mono
+        return start + self._timeout
 
     def answer(self, name: str, pong: Pong, received: float, session: str | None) -> float | None:
         """Record `name`'s pong if it counts; returns its round trip in seconds, else None.
@@ -68,11 +84,10 @@ class Rounds:
             rnd.orphaned = True
         if pong.session != session:
             return None  # a session we do not (or no longer) believe in
-        delay = received - rnd.sent.mono
-        if delay > self._timeout:
+        if received > self._deadline(rnd):
             return None
         rnd.answers[name] = Answer(pong.ok, dict(pong.detail) if pong.detail is not None else None)
-        return max(delay, 0.0)
+        return max(received - rnd.sent.mono, 0.0)
 
     def due(self, now: Instant, caught_up: Callable[[float], bool] = lambda _: True) -> list[Round]:
         """Close and return the rounds whose deadline has passed.
@@ -84,8 +99,8 @@ class Rounds:
         closed = []
         while (
             self._open
-            and self._open[0].sent.mono + self._timeout <= now.mono
-            and caught_up(self._open[0].sent.mono + self._timeout)
+            and self._deadline(self._open[0]) <= now.mono
+            and caught_up(self._deadline(self._open[0]))
         ):
             rnd = self._open.popleft()
             del self._by_seq[rnd.seq]
@@ -94,7 +109,7 @@ class Rounds:
 
     def next_deadline(self) -> float | None:
         """When the oldest open round closes (mono), if any is open."""
-        return self._open[0].sent.mono + self._timeout if self._open else None
+        return self._deadline(self._open[0]) if self._open else None
 
     def clear(self) -> None:
         """Drop every open round unjudged (the link to the broker went down)."""

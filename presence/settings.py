@@ -140,7 +140,12 @@ class MonitorSettings(_Section):
 
     ping_interval: float = Field(1.0, gt=0, le=3600, description="seconds between ping rounds")
     pong_timeout: float = Field(
-        1.0, gt=0, le=3600, description="a pong later than this after its ping does not count"
+        1.0,
+        gt=0,
+        le=3600,
+        description="a pong later than this after its ping does not count (timed from when "
+        "the monitor's own copy of the ping came back, so its own backlog is not held against "
+        "services)",
     )
     missed_pongs: int = Field(
         2,
@@ -168,11 +173,6 @@ class MonitorSettings(_Section):
         ge=0,
         description="exit (for the supervisor to restart us) after this many of our own ping "
         "rounds did not come back while other traffic did; 0 disables the self-check",
-    )
-    resync_interval: float = Field(
-        300.0,
-        ge=0,
-        description="re-read every retained status this often, to heal a lost Will (0: never)",
     )
 
 
