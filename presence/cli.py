@@ -101,6 +101,24 @@ def _connect(settings: Settings, role: str, inbox: Inbox) -> Connection:
     return conn
 
 
+def _valid_name(value: str) -> None:
+    """A service or group name from the command line, checked before anything connects."""
+    try:
+        validate_name(value)
+    except PresenceError as exc:
+        raise _Fail(str(exc), EXIT_CONFIG) from exc
+
+
+def _listen(settings: Settings, role: str, topic: str, qos: int) -> tuple[Inbox, Connection]:
+    """A connection for a one-shot command, subscribed to where its answers come."""
+    inbox = Inbox()
+    conn = _connect(settings, role, inbox)
+    if not conn.subscribe(topic, qos):
+        conn.close()
+        raise _Fail("the broker did not answer the subscription in time", EXIT_BROKER)
+    return inbox, conn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="presence")
 def cli() -> None:
@@ -155,20 +173,6 @@ def _since(ts: float | None) -> str:
     return f"{ago:.0f}s ago"
 
 
-_STYLE: Final = {
-    "online": "green",
-    "suspect": "yellow",
-    "hung": "bold red",
-    "unhealthy": "red",
-    "offline": "bold red",
-    "stopped": "dim",
-    "unknown": "dim",
-    "restarting": "cyan",
-    "backoff": "magenta",
-    "failed": "bold white on red",
-}
-
-
 def _read_status(settings: Settings) -> tuple[Status | None, list[Verdict]]:
     topics = Topics(settings.topic_prefix)
     try:
@@ -213,6 +217,8 @@ def status(config: Path | None, log_json: bool, log_level: str | None, as_json: 
         }
         click.echo(json.dumps(doc, indent=2))
     else:
+        from presence.watch import STATE_STYLE  # noqa: PLC0415 (keeps other commands' start-up lean)
+
         console = Console()
         if monitor_status is None:
             console.print("[bold red]monitor: never seen[/] (no retained monitor status)")
@@ -231,7 +237,7 @@ def status(config: Path | None, log_json: bool, log_level: str | None, as_json: 
             table.add_column(column)
         for v in verdicts:
             rtt = f"{v.rtt_ms:.1f} ms" if v.rtt_ms is not None else "-"
-            style = _STYLE.get(v.state, "")
+            style = STATE_STYLE.get(v.state, "")
             table.add_row(
                 v.service,
                 f"[{style}]{v.state}[/]" if style else escape(v.state),
@@ -265,20 +271,14 @@ def ping(
     interval: float,
 ) -> None:
     """Send targeted pings to NAME and print round-trip times; exit 1 if none came back."""
-    try:
-        validate_name(name)
-    except PresenceError as exc:
-        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    _valid_name(name)
     settings = _load(config, log_json, log_level)
     topics = Topics(settings.topic_prefix)
-    inbox = Inbox()
-    conn = _connect(settings, "ping", inbox)
+    inbox, conn = _listen(settings, "ping", topics.pong(name), 0)
     received = 0
     # Far below the monitor's clock-based sequence numbers: our pings never count as its rounds.
     base = secrets.randbelow(2**31) + 1
     try:
-        if not conn.subscribe(topics.pong(name), 0):
-            raise _Fail("the broker did not answer the subscription in time", EXIT_BROKER)
         for i in range(count):
             seq = base + i
             start = time.monotonic()
@@ -309,17 +309,11 @@ def _command(
     config: Path | None, log_json: bool, log_level: str | None, cmd: str, name: str, timeout: float
 ) -> None:
     """Send an operator command to the monitor and wait for its answer."""
-    try:
-        validate_name(name)
-    except PresenceError as exc:
-        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    _valid_name(name)
     settings = _load(config, log_json, log_level)
     topics = Topics(settings.topic_prefix)
-    inbox = Inbox()
-    conn = _connect(settings, cmd, inbox)
+    inbox, conn = _listen(settings, cmd, topics.monitor_ack, 1)
     try:
-        if not conn.subscribe(topics.monitor_ack, 1):
-            raise _Fail("the broker did not answer the subscription in time", EXIT_BROKER)
         command = new_command(cmd, time.time(), lifetime=timeout, service=name)
         delivery = conn.publish(topics.monitor_cmd, encode(command), qos=1)
         if not delivery.wait(timeout) or delivery.refusal:
@@ -381,10 +375,7 @@ def pick(
     """Print the least-loaded live member of GROUP; exit 1 if none is live."""
     from presence.groups import group_topic, parse_group  # noqa: PLC0415 (only `pick` needs it)
 
-    try:
-        validate_name(group)
-    except PresenceError as exc:
-        raise _Fail(str(exc), EXIT_CONFIG) from exc
+    _valid_name(group)
     settings = _load(config, log_json, log_level)
     topic = group_topic(Topics(settings.topic_prefix), group)
     try:

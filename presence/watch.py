@@ -53,8 +53,8 @@ SEVERITY: Final = (
     "online",
 )
 _RANK: Final = {state: rank for rank, state in enumerate(SEVERITY)}
-# Same colours as `presence status`.
-_STYLE: Final = {
+#: A verdict state's colour, here and in `presence status`.
+STATE_STYLE: Final = {
     "online": "green",
     "suspect": "yellow",
     "hung": "bold red",
@@ -259,7 +259,7 @@ def _next(extra: Mapping[str, Any], now: float) -> str:
 
 
 def _state_cell(verdict: Verdict) -> Text:
-    cell = Text(_clean(verdict.state, 20), style=_STYLE.get(verdict.state, ""))
+    cell = Text(_clean(verdict.state, 20), style=STATE_STYLE.get(verdict.state, ""))
     if (verdict.extra or {}).get("paused") is True:
         cell.append(" (paused)", style="yellow")
     return cell
@@ -284,7 +284,7 @@ def _counts(counts: Counter[str]) -> Text:
     for i, state in enumerate(sorted(counts, key=lambda s: (_rank(s), s))):
         if i:
             text.append(", ")
-        text.append(f"{counts[state]} {_clean(state, 20)}", style=_STYLE.get(state, ""))
+        text.append(f"{counts[state]} {_clean(state, 20)}", style=STATE_STYLE.get(state, ""))
     return text
 
 
@@ -363,9 +363,9 @@ def _event_line(event: Event) -> Text:
         if action.get("detail"):
             line.append(f": {_clean(action['detail'], 80)}")
         return line
-    line.append(_clean(event.from_state, 20), style=_STYLE.get(event.from_state, ""))
+    line.append(_clean(event.from_state, 20), style=STATE_STYLE.get(event.from_state, ""))
     line.append(" -> ")
-    line.append(_clean(event.to_state, 20), style=_STYLE.get(event.to_state, ""))
+    line.append(_clean(event.to_state, 20), style=STATE_STYLE.get(event.to_state, ""))
     if event.reason:
         line.append(f" ({_clean(event.reason, 64)})")
     return line
