@@ -40,6 +40,18 @@ FAST: dict[str, Any] = {
 }
 
 
+def kill_listed(pidfile: Path) -> None:
+    """Kill (waking first, if frozen) every process whose pid a relaunch appended to `pidfile`."""
+    if not pidfile.exists():
+        return
+    for pid in pidfile.read_text().split():
+        try:
+            os.kill(int(pid), signal.SIGCONT)
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def hang_bound(monitor: dict[str, Any] = FAST) -> float:
     """The theoretical worst case from freeze to `hung`."""
     return monitor["ping_interval"] * monitor["missed_pongs"] + monitor["pong_timeout"]

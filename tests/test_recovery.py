@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 
 from presence.agent import Agent
 from presence.broker import PrivateBroker
-from tests.helpers import ROOT, Monitors, ServiceProcess, Watcher
+from tests.helpers import ROOT, Monitors, ServiceProcess, Watcher, kill_listed
 from tests.test_cli import config, presence
 
 
@@ -29,13 +28,7 @@ def pidfile(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        if path.exists():
-            for pid in path.read_text().split():
-                try:
-                    os.kill(int(pid), signal.SIGCONT)
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_listed(path)
 
 
 def launch(

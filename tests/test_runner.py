@@ -179,8 +179,9 @@ def test_frozen_child_behind_an_http_probe_is_unhealthy_then_recovers(
     )
     child = birth(watcher, "web", 1).pid
     assert child is not None
-    # Wait for a pong carrying the probe's JSON body: the service really answers.
-    verdict, _ = watcher.wait_verdict("web", "online")
+    # Wait for the verdict a first pong brings (it carries a round trip): the service really
+    # answers. (The birth's own `online` verdict comes before it, and would race the freeze.)
+    watcher.wait_verdict("web", "online", where=lambda v: v.rtt_ms is not None)
     mark = watcher.mark()
     frozen = time.monotonic()
     os.kill(child, signal.SIGSTOP)
@@ -191,9 +192,10 @@ def test_frozen_child_behind_an_http_probe_is_unhealthy_then_recovers(
         assert took <= bound + 0.5, took
         assert verdict.extra is not None
         assert verdict.extra["detail"]["child"] == "stopped (SIGSTOP)"
+        thawed = watcher.mark()  # the recovery is what comes after the unhealthy verdict
     finally:
         os.kill(child, signal.SIGCONT)
-    verdict, _ = watcher.wait_verdict("web", "online", timeout=5, start=mark)
+    verdict, _ = watcher.wait_verdict("web", "online", timeout=5, start=thawed)
     assert verdict.reason == "pong"
 
 
@@ -257,6 +259,9 @@ def test_forged_commands_from_service_users_never_arrive(
     inbox = send(broker, "admin", "web", marker)
     assert ack_of(inbox, marker.id) == (True, "already running")  # the admin's did arrive
     inbox.conn.close()  # type: ignore[attr-defined]
+    # The runner answers commands in arrival order, so once the watcher has the marker's ack any
+    # answer to a forged command would already be in its inbox too.
+    watcher.wait(lambda m: m.topic == TOPICS.ack("web") and marker.id.encode() in m.payload, 5)
     acks = [m for m in watcher.inbox.snapshot() if m.topic == TOPICS.ack("web")]
     assert len(acks) == 1  # only the admin's command was answered
     assert [s.pid for s in watcher.statuses("web") if s.state == "online"][-1] == first

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import kill_listed
 
 
 @pytest.fixture
@@ -63,10 +63,4 @@ def pids(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         yield pidfile
     finally:
         for path in files.values():
-            if path.exists():
-                for pid in path.read_text().split():
-                    try:
-                        os.kill(int(pid), signal.SIGCONT)
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            kill_listed(path)
