@@ -97,15 +97,26 @@ class Rounds:
         calling them missing.
         """
         closed = []
-        while (
-            self._open
-            and self._deadline(self._open[0]) <= now.mono
-            and caught_up(self._deadline(self._open[0]))
-        ):
-            rnd = self._open.popleft()
-            del self._by_seq[rnd.seq]
+        while (rnd := self.pop_due(now, caught_up)) is not None:
             closed.append(rnd)
         return closed
+
+    def pop_due(
+        self, now: Instant, caught_up: Callable[[float], bool] = lambda _: True
+    ) -> Round | None:
+        """Close and return the oldest round if its deadline has passed (see `due`)."""
+        if not self._open:
+            return None
+        deadline = self._deadline(self._open[0])
+        if deadline > now.mono or not caught_up(deadline):
+            return None
+        rnd = self._open.popleft()
+        del self._by_seq[rnd.seq]
+        return rnd
+
+    def __len__(self) -> int:
+        """How many rounds are open."""
+        return len(self._open)
 
     def next_deadline(self) -> float | None:
         """When the oldest open round closes (mono), if any is open."""

@@ -83,3 +83,20 @@ def test_echoes_are_stamped_once_and_never_before_the_send() -> None:
     assert rounds.next_deadline() == T0.mono + TIMEOUT
     rounds.echo(ping.seq, T0.mono + 0.9)
     assert rounds.next_deadline() == T0.mono + TIMEOUT
+
+
+def test_pop_due_closes_one_round_at_a_time_oldest_first() -> None:
+    """Two rounds past their deadline close one per call, oldest first; the other stays open."""
+    rounds = _rounds()
+    first = rounds.start(T0)
+    second = rounds.start(T0.after(0.2))
+    assert len(rounds) == 2
+    closed = rounds.pop_due(T0.after(5.0))
+    assert closed is not None
+    assert closed.seq == first.seq
+    assert len(rounds) == 1
+    closed = rounds.pop_due(T0.after(5.0))
+    assert closed is not None
+    assert closed.seq == second.seq
+    assert rounds.pop_due(T0.after(5.0)) is None
+    assert len(rounds) == 0

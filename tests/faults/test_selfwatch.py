@@ -4,6 +4,7 @@ by rounds that came back."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,8 +89,12 @@ def test_dead_network_thread_makes_the_monitor_exit_within_three_rounds(
                 messages.append(notify.recv(4096))
             except BlockingIOError:
                 break
-        # The round that preceded the fault, and at most one already in flight: then nothing.
-        assert 1 <= messages.count(b"WATCHDOG=1") <= 2
+        # The round that preceded the fault, and at most the rounds sent before it (their echo
+        # may have been read already): never one sent after it. How many were open depends on
+        # the machine's load; the monitor says.
+        found = re.search(r"breaking the MQTT network thread \((\d+) rounds open\)", stderr)
+        assert found is not None, stderr
+        assert 1 <= messages.count(b"WATCHDOG=1") <= 1 + int(found.group(1))
         assert messages[-1] == b"STOPPING=1"
     finally:
         if proc.poll() is None:
