@@ -127,9 +127,10 @@ def _chaos(tally: _Tally, stop: threading.Event) -> None:
                 pid = tally.pids.pop(name, None)
                 if pid is not None:
                     tally.injected[name] = now
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL if name == "crashy" else signal.SIGSTOP)
+            if pid is None:
+                continue  # not up yet (a slow start, a restart under way): try again shortly
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if name == "crashy" else signal.SIGSTOP)
             if name == "crashy":
                 next_crash = now + rng.uniform(17, 23)
             else:
