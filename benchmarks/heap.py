@@ -1,6 +1,7 @@
 """The monitor's live Python heap per tracked service (tracemalloc), beside its RSS slope.
 
-    python -m benchmarks.heap --services 2000
+    python -m benchmarks.heap --services 2000              # heap (tracemalloc) and RSS
+    python -m benchmarks.heap --services 10000 --no-trace  # RSS only, at full speed
 
 The footprint benchmark reports RSS growth per service, which includes what the allocator
 keeps after the start-up burst (thousands of births, verdicts and events queued at once) and
@@ -8,7 +9,9 @@ never returns to the OS. This measures what stays allocated once that burst is o
 Monitor in this process (no observer, so nothing else allocates here), a swarm answering for
 `--services` names, a tracemalloc snapshot before the swarm and one after every service is
 online with a round trip and the monitor's outgoing queue is empty. Prints the total and the
-top allocation sites per service. Not part of `python -m benchmarks` (tracing is slow).
+top allocation sites per service, the time the burst took to settle and how many publishes
+the monitor had waiting for a PUBACK at most. Not part of `python -m benchmarks` (tracing is
+slow).
 """
 
 from __future__ import annotations
@@ -58,9 +61,15 @@ def main() -> int:
         before = tracemalloc.take_snapshot() if not args.no_trace else None
         rss_before = rss_kb(os.getpid())
         swarm = Swarm(broker, 0, args.services).ready()
-        if not _settled(monitor, args.services, 180):
+        started = time.monotonic()
+        peak = _settled(monitor, args.services, 180)
+        if peak is None:
             log("heap: the monitor did not settle in 180 s")
             return 1
+        print(
+            f"settled in {time.monotonic() - started:.1f} s; the monitor's unacknowledged "
+            f"publishes peaked at {peak:,}"
+        )
         time.sleep(3)  # a few quiet rounds
         gc.collect()
         n = args.services
@@ -79,20 +88,23 @@ def main() -> int:
     return 0
 
 
-def _settled(monitor: Monitor, n: int, timeout: float) -> bool:
-    """Every service online with a round trip, and the monitor's outgoing queue empty."""
+def _settled(monitor: Monitor, n: int, timeout: float) -> int | None:
+    """Wait until every service is online with a round trip and the monitor's outgoing queue
+    is empty; returns the largest outgoing queue seen meanwhile, None on timeout."""
     from presence.tracker import State  # noqa: PLC0415 (imported with the monitor, as main does)
 
+    peak = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # Reads of the monitor's state from another thread: a sample, not a decision.
+        queued = monitor._conn.backlog() + len(monitor._outbox)
+        peak = max(peak, monitor._conn.backlog())
         services = list(monitor._services.values())
         online = sum(1 for s in services if s.state == State.ONLINE)
-        queued = len(monitor._conn._client._out_messages)
         if online == n and len(monitor._rtt) == n and not queued:
-            return True
-        time.sleep(1)
-    return False
+            return peak
+        time.sleep(0.05)
+    return None
 
 
 def _print_heap(before: tracemalloc.Snapshot, n: int, top: int) -> None:

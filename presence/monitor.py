@@ -30,6 +30,7 @@ from presence.devices import Devices
 from presence.errors import BrokerUnreachable, PayloadError, PresenceError, TLSFailure
 from presence.logs import BadPayloads
 from presence.mqtt import Connection, Disconnect, Message, WillMessage, fetch_retained
+from presence.outbox import Outbox
 from presence.policy import (
     Recovery,
 )
@@ -66,6 +67,10 @@ from presence.verdicts import build_verdict
 __all__ = ["Monitor", "MonitorExit"]
 
 _BATCH: Final = 512  # messages handled per wake-up before timers get a look in
+# Unacknowledged messages above which verdicts wait in the outbox (latest per service wins):
+# ~0.1 s of QoS 1 round trips on loopback, far above anything but a burst.
+_BACKLOG: Final = 1000
+_FLUSH_EVERY: Final = 0.01  # seconds between outbox flushes while verdicts wait
 _OPERATOR_COMMANDS: Final = frozenset({"reset", "restart", "pause", "resume"})
 _IDLE: Final = Recovery()
 
@@ -213,6 +218,7 @@ class Monitor:
             will=self._new_session,
             label="monitor",
         )
+        self._outbox = Outbox(self._publish_qos1, self._conn.backlog, _BACKLOG)
 
     def _ha_subscriptions(self) -> list[tuple[str, int]]:
         status = self._surfaces.ha_status_topic
@@ -322,6 +328,7 @@ class Monitor:
         self._recovery.close()
         self._surfaces.close()
         self._alerter.close()
+        self._outbox.flush(force=True)  # nothing decided is lost
         # After losing to another monitor the status topic is theirs: leave it alone.
         if self._conn.connected and self.exit_error is None:
             status = Status(
@@ -343,6 +350,7 @@ class Monitor:
         while not self._stopping.is_set():
             now = self._clock.now()
             self._on_timers(now)
+            self._outbox.flush()
             if self.exit_error is not None:
                 raise self.exit_error
             wait = max(0.0, self._next_deadline(now) - now.mono)
@@ -380,7 +388,7 @@ class Monitor:
             logger.opt(exception=True).error("internal error handling {}; carrying on", what)
 
     def _next_deadline(self, now: Instant) -> float:
-        deadlines = [now.mono + 1.0]
+        deadlines = [now.mono + (_FLUSH_EVERY if self._outbox else 1.0)]
         if self._connected:
             deadlines.append(self._next_round)
         round_at = self._rounds.next_deadline()
@@ -699,12 +707,12 @@ class Monitor:
         before = old.state if old is not None else State.UNKNOWN.value
         self._surfaces.verdict(name, before, verdict, self._latency(svc, now))
         if before == verdict.state:
-            self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
+            self._outbox.put_latest(self.topics.verdict(name), encode(verdict))
             return
         logger.info("{}: {} -> {} ({})", name, before, verdict.state, verdict.reason)
         # The event first: whoever sees the new verdict has already been sent the event.
         self._publish_event(Event(round(now.wall, 3), name, before, verdict.state, verdict.reason))
-        self._conn.publish(self.topics.verdict(name), encode(verdict), qos=1, retain=True)
+        self._outbox.put_latest(self.topics.verdict(name), encode(verdict))
         if svc.group is not None:
             self._surfaces.publish_groups(self._services, self._published, all_groups=False)
         self._alerter.observe(
@@ -739,7 +747,7 @@ class Monitor:
         self._previous.pop(name, None)
         self._rtt.pop(name, None)
         self._last_pong.pop(name, None)
-        self._publish(self.topics.verdict(name), b"", 1, True)
+        self._outbox.put_latest(self.topics.verdict(name), b"")  # replaces a verdict still waiting
         # Its retained status would bring it back at the next start.
         self._publish(self.topics.status(name), b"", 1, True)
         self._surfaces.forget(name)
@@ -748,10 +756,17 @@ class Monitor:
         logger.info("{}: forgotten", name)
 
     def _publish_event(self, event: Event) -> None:
-        self._conn.publish(self.topics.events, encode(event), qos=1)
+        self._outbox.put_event(self.topics.events, encode(event))
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        self._conn.publish(topic, payload, qos, retain)
+        if topic == self.topics.events:
+            # Recovery's events join the same stream, in order, behind any backlog.
+            self._outbox.put_event(topic, payload)
+        else:
+            self._conn.publish(topic, payload, qos, retain)
+
+    def _publish_qos1(self, topic: str, payload: bytes, retain: bool) -> None:
+        self._conn.publish(topic, payload, 1, retain)
 
     def _publish_wait(
         self, topic: str, payload: bytes, qos: int, retain: bool, timeout: float

@@ -378,6 +378,11 @@ class Connection:
         """Whether the last CONNACK accepted us and no disconnect followed."""
         return self._connected.is_set()
 
+    def backlog(self) -> int:
+        """How many of our QoS 1/2 messages paho holds: queued, or sent and not yet acknowledged."""
+        # A private attribute (as in _speedups): without it, report no backlog, never hold back.
+        return len(getattr(self._client, "_out_messages", ()))
+
     @property
     def network_alive(self) -> bool:
         """Whether paho's network thread still runs (an exception in it ends it silently)."""
