@@ -388,7 +388,10 @@ class Monitor:
             logger.opt(exception=True).error("internal error handling {}; carrying on", what)
 
     def _next_deadline(self, now: Instant) -> float:
-        deadlines = [now.mono + (_FLUSH_EVERY if self._outbox else 1.0)]
+        # While messages wait, look again soon; not while disconnected (nothing drains then,
+        # and the reconnection wakes the loop).
+        flush_soon = len(self._outbox) > 0 and self._connected
+        deadlines = [now.mono + (_FLUSH_EVERY if flush_soon else 1.0)]
         if self._connected:
             deadlines.append(self._next_round)
         round_at = self._rounds.next_deadline()

@@ -34,8 +34,8 @@ def test_without_a_backlog_everything_goes_out_at_once() -> None:
 
 
 def test_a_backlog_keeps_every_event_in_order_and_only_the_latest_verdict() -> None:
-    """At the limit, events queue in order, a verdict replaces the one waiting for its topic
-    (keeping its place), and a flush sends the events before any verdict."""
+    """At the limit, events queue in order and a verdict replaces the one waiting for its topic,
+    taking its place at the back: it still follows the event that led to it."""
     outbox, link = _outbox()
     link.backlog = LIMIT
     outbox.put_event("ev", b"e1")
@@ -50,10 +50,28 @@ def test_a_backlog_keeps_every_event_in_order_and_only_the_latest_verdict() -> N
     assert outbox.flush() == 4
     assert link.sent == [
         ("ev", b"e1", False),
+        ("v/b", b"b1", True),
         ("ev", b"e2", False),
         ("v/a", b"a2", True),
-        ("v/b", b"b1", True),
     ]
+
+
+def test_a_stream_of_events_does_not_starve_the_verdicts_before_it() -> None:
+    """A verdict waiting is sent before events decided after it, however many come."""
+    outbox, link = _outbox()
+    link.backlog = LIMIT
+    outbox.put_latest("v/a", b"a1")
+    for i in range(100):
+        outbox.put_event("ev", f"e{i}".encode())
+    link.backlog = 0
+
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        link.sent.append((topic, payload, retain))
+        link.backlog = LIMIT  # one message per flush: the backlog refills at once
+
+    outbox._publish = publish
+    assert outbox.flush() == 1
+    assert link.sent == [("v/a", b"a1", True)]
 
 
 def test_once_something_waits_newcomers_wait_behind_it() -> None:
