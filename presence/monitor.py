@@ -539,9 +539,7 @@ class Monitor:
 
     def _on_message(self, message: Message) -> None:
         self._received = message.received
-        if self._on_known_pong(message) or self._on_foreign(message):
-            return
-        parts = self.topics.split(message.topic)
+        parts = self._route(message)
         if parts is None:
             return
         name, leaf = parts
@@ -563,23 +561,18 @@ class Monitor:
             if message.payload:  # an empty retained payload just clears a topic
                 self._bad.report(message.topic, exc)
 
-    def _on_known_pong(self, message: Message) -> bool:
-        """The hot path, one message per service per round: a pong from a service we track.
-
-        Its name was validated when we first saw it, so the full topic split is not needed.
-        """
+    def _route(self, message: Message) -> tuple[str, str] | None:
+        """(name, leaf) for `_on_message`; None when another handler took it, or it is junk."""
         topic = message.topic
-        if not (topic.endswith("/pong") and topic.startswith(self._head)):
-            return False
-        name = topic[len(self._head) : -5]
-        if name not in self._services or self._devices.routes(topic):
-            return False
-        try:
-            self._on_pong(name, message)
-        except PayloadError as exc:
-            if message.payload:  # as below: an empty payload only clears a topic
-                self._bad.report(topic, exc)
-        return True
+        # The hot path, one message per service per round: a tracked service's pong. Its name
+        # was validated when first seen, so the full topic split is not needed.
+        if topic.endswith("/pong") and topic.startswith(self._head):
+            name = topic[len(self._head) : -5]
+            if name in self._services and not self._devices.routes(topic):
+                return name, "pong"
+        if self._on_foreign(message):
+            return None
+        return self.topics.split(topic)
 
     def _on_homeassistant(self, message: Message) -> None:
         if message.topic == self._surfaces.ha_status_topic:
