@@ -410,8 +410,6 @@ class Monitor:
         return min(deadlines)
 
     def _on_timers(self, now: Instant) -> None:
-        # One at a time: what a round's close does (a self-check exit, a fault injection) sees
-        # the rounds after it still open.
         while (rnd := self._rounds.pop_due(now, self._caught_up)) is not None:
             self._close_round(rnd, now)
         if self._connected and now.mono >= self._next_round:

@@ -89,22 +89,16 @@ class Rounds:
         rnd.answers[name] = Answer(pong.ok, dict(pong.detail) if pong.detail is not None else None)
         return max(received - rnd.sent.mono, 0.0)
 
-    def due(self, now: Instant, caught_up: Callable[[float], bool] = lambda _: True) -> list[Round]:
-        """Close and return the rounds whose deadline has passed.
-
-        `caught_up(deadline)` says whether every message received before `deadline` has been
-        handled: a round waits for its answers still queued behind a burst rather than
-        calling them missing.
-        """
-        closed = []
-        while (rnd := self.pop_due(now, caught_up)) is not None:
-            closed.append(rnd)
-        return closed
-
     def pop_due(
         self, now: Instant, caught_up: Callable[[float], bool] = lambda _: True
     ) -> Round | None:
-        """Close and return the oldest round if its deadline has passed (see `due`)."""
+        """Close and return the oldest round if its deadline has passed, else None.
+
+        One at a time, so that what a round's close does (a self-check exit) sees the rounds
+        after it still open. `caught_up(deadline)` says whether every message received before
+        `deadline` has been handled: a round waits for its answers still queued behind a burst
+        rather than calling them missing.
+        """
         if not self._open:
             return None
         deadline = self._deadline(self._open[0])

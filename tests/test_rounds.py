@@ -28,7 +28,8 @@ def test_a_pong_counts_for_its_round_and_session_only() -> None:
     assert rounds.answer("b", Pong(ping.seq, "old", True), T0.mono + 0.010, "s2") is None
     assert rounds.answer("c", Pong(7, "s3", True), T0.mono + 0.010, "s3") is None
     assert rounds.answer("d", Pong(ping.seq, "s4", True), T0.mono + 1.5, "s4") is None
-    (closed,) = rounds.due(T0.after(1.01))
+    closed = rounds.pop_due(T0.after(1.01))
+    assert closed is not None
     assert set(closed.answers) == {"a"}
 
 
@@ -39,10 +40,11 @@ def test_the_timeout_runs_from_the_echo_when_the_monitor_fell_behind() -> None:
     ping = rounds.start(T0)
     rounds.echo(ping.seq, T0.mono + 0.8)
     assert rounds.next_deadline() == T0.mono + 0.8 + TIMEOUT
-    assert rounds.due(T0.after(1.5)) == []  # the send-based deadline alone would close it
+    assert rounds.pop_due(T0.after(1.5)) is None  # the send-based deadline alone would close it
     assert rounds.answer("a", Pong(ping.seq, "s", True), T0.mono + 1.5, "s") == pytest.approx(1.5)
     assert rounds.answer("b", Pong(ping.seq, "s", True), T0.mono + 1.9, "s") is None
-    (closed,) = rounds.due(T0.after(1.8))
+    closed = rounds.pop_due(T0.after(1.8))
+    assert closed is not None
     assert closed.echoed
     assert set(closed.answers) == {"a"}
 
@@ -52,7 +54,8 @@ def test_a_round_without_its_echo_closes_at_the_send_deadline_unechoed() -> None
     rounds = _rounds()
     ping = rounds.start(T0)
     assert rounds.next_deadline() == T0.mono + TIMEOUT
-    (closed,) = rounds.due(T0.after(TIMEOUT))
+    closed = rounds.pop_due(T0.after(TIMEOUT))
+    assert closed is not None
     assert closed.seq == ping.seq
     assert not closed.echoed
     assert rounds.next_deadline() is None
@@ -63,16 +66,18 @@ def test_a_pong_before_the_echo_marks_the_round_orphaned() -> None:
     rounds = _rounds()
     ping = rounds.start(T0)
     assert rounds.answer("a", Pong(ping.seq, "s", True), T0.mono + 0.01, "s") == pytest.approx(0.01)
-    (closed,) = rounds.due(T0.after(TIMEOUT))
+    closed = rounds.pop_due(T0.after(TIMEOUT))
+    assert closed is not None
     assert closed.orphaned
 
 
 def test_a_round_waits_for_answers_still_queued_behind_a_burst() -> None:
-    """`due` keeps a round open while the monitor has not caught up with its deadline."""
+    """`pop_due` keeps a round open while the monitor has not caught up with its deadline."""
     rounds = _rounds()
     rounds.start(T0)
-    assert rounds.due(T0.after(2.0), caught_up=lambda _deadline: False) == []
-    assert len(rounds.due(T0.after(2.0), caught_up=lambda _deadline: True)) == 1
+    assert rounds.pop_due(T0.after(2.0), caught_up=lambda _deadline: False) is None
+    assert rounds.pop_due(T0.after(2.0), caught_up=lambda _deadline: True) is not None
+    assert len(rounds) == 0
 
 
 def test_echoes_are_stamped_once_and_never_before_the_send() -> None:
