@@ -195,9 +195,9 @@ class _LeanPuback:
         # 3.1.1: the id alone. MQTT 5: the id, then optionally a reason code and a property
         # block; a 4-byte packet with an empty block is what some brokers send.
         accepted = size == 2 or (
-            packet[2] in _ACCEPTED if size == 3 else size == 4 and packet[2] in _ACCEPTED
+            size in (3, 4) and packet[2] in _ACCEPTED and (size == 3 or packet[3] == 0)
         )
-        if cmd != "PUBACK" or not accepted or (size == 4 and packet[3] != 0):
+        if cmd != "PUBACK" or not accepted:
             return self._original(cmd)
         mid = (packet[0] << 8) | packet[1]
         with client._out_message_mutex:
