@@ -67,10 +67,11 @@ from presence.verdicts import build_verdict
 __all__ = ["Monitor", "MonitorExit"]
 
 _BATCH: Final = 512  # messages handled per wake-up before timers get a look in
-# Unacknowledged messages above which verdicts wait in the outbox (latest per service wins):
-# ~0.1 s of QoS 1 round trips on loopback, far above anything but a burst.
+# Unacknowledged messages above which verdicts and events wait in the outbox (the latest
+# verdict per service wins): ~0.1 s of QoS 1 round trips on loopback, far above anything but
+# a burst.
 _BACKLOG: Final = 1000
-_FLUSH_EVERY: Final = 0.01  # seconds between outbox flushes while verdicts wait
+_FLUSH_EVERY: Final = 0.01  # seconds between outbox flushes while messages wait
 _OPERATOR_COMMANDS: Final = frozenset({"reset", "restart", "pause", "resume"})
 _IDLE: Final = Recovery()
 
