@@ -314,6 +314,9 @@ def test_sigterm_stops_the_child_says_goodbye_and_passes_the_exit_code(
     mark = watcher.mark()
     run.proc.send_signal(signal.SIGTERM)
     assert run.wait() == 7
+    # The broker has it (the runner waits for the PUBACK); the watcher's copy may still be on
+    # its way: wait for it rather than sample.
+    watcher.wait(lambda m: m.topic == TOPICS.status("web"), 5, mark)
     [status] = watcher.statuses("web", mark)
     assert (status.state, status.reason) == ("offline", "shutdown")
     assert child is not None
